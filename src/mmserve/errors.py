@@ -1,0 +1,130 @@
+"""One exception tree for mmserve. Each class knows its HTTP status and OpenAI error type.
+
+    MMServeError                       500 internal_error
+    |-- ConfigError                    (start-up only; the CLI prints it and exits)
+    |-- InvalidRequest                 400 invalid_request_error
+    |   |-- UnsupportedCapability      400 invalid_request_error  code=unsupported_capability
+    |   `-- ContextLengthExceeded      400 invalid_request_error  code=context_length_exceeded
+    |-- ModelNotFound                  404 invalid_request_error  code=model_not_found
+    |-- ModelUnavailable               503 service_unavailable    code=model_unavailable
+    |   `-- WorkerCrashed              503 service_unavailable    code=worker_crashed
+    `-- BackendError                   500 internal_error         code=backend_error
+
+Foreign exceptions (llama.cpp, torch, httpx) are translated at the backend boundary
+(`mmserve.workers.main`) into a worker error *kind*; `from_kind` turns that kind back into
+one of these classes in the server. One handler in `api.app` renders the envelope.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "BackendError",
+    "ConfigError",
+    "ContextLengthExceeded",
+    "InvalidRequest",
+    "MMServeError",
+    "ModelNotFound",
+    "ModelUnavailable",
+    "UnsupportedCapability",
+    "WorkerCrashed",
+    "from_kind",
+]
+
+
+class MMServeError(Exception):
+    """Base of every error mmserve raises on purpose."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "internal_error"
+    code: ClassVar[str | None] = None
+    # The name a worker uses for this error on the wire (see docs/worker-protocol.md).
+    kind: ClassVar[str] = "internal"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def envelope(self) -> dict[str, Any]:
+        """The body OpenAI's API returns for an error."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class ConfigError(MMServeError):
+    """The configuration is invalid; raised only while starting up."""
+
+    kind = "config"
+
+
+class InvalidRequest(MMServeError):
+    status = 400
+    type = "invalid_request_error"
+    kind = "invalid_request"
+
+
+class UnsupportedCapability(InvalidRequest):
+    """The model exists but cannot do what the route asks (chat on an embedding model...)."""
+
+    code = "unsupported_capability"
+    kind = "unsupported"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+    kind = "context_length"
+
+
+class ModelNotFound(MMServeError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+    kind = "model_not_found"
+
+
+class ModelUnavailable(MMServeError):
+    """The model is known but cannot serve now: it failed to load, or is stopping."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "model_unavailable"
+    kind = "unavailable"
+
+
+class WorkerCrashed(ModelUnavailable):
+    code = "worker_crashed"
+    kind = "crashed"
+
+
+class BackendError(MMServeError):
+    """The engine failed on a request that looked valid: a bug or a broken model, not the user."""
+
+    code = "backend_error"
+    kind = "backend"
+
+
+_BY_KIND: dict[str, type[MMServeError]] = {
+    cls.kind: cls
+    for cls in (
+        InvalidRequest,
+        UnsupportedCapability,
+        ContextLengthExceeded,
+        ModelNotFound,
+        ModelUnavailable,
+        WorkerCrashed,
+        BackendError,
+    )
+}
+
+
+def from_kind(kind: str, message: str) -> MMServeError:
+    """Rebuild the error a worker reported by its wire kind (unknown kinds are backend errors)."""
+    return _BY_KIND.get(kind, BackendError)(message)

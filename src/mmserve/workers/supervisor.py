@@ -1,0 +1,246 @@
+"""The parent's side of one child process: spawn, wait for ready, route replies, stop.
+
+Lifecycle (one owner: the replica that holds this object):
+
+    start() -> [ready] -> request()* -> stop()
+          \\-> load failure: start() raises ModelUnavailable with the child's reason
+    at any time the child may exit on its own: `exited` is set, every pending request
+    fails with WorkerCrashed, and `on_exit` is called once.
+
+Restarting is not done here: a WorkerProcess runs one child once; the manager makes a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from mmserve.backends.base import BackendSpec
+from mmserve.engine.logs import ModelLog
+from mmserve.errors import MMServeError, ModelUnavailable, WorkerCrashed, from_kind
+from mmserve.workers.main import PARENT_PID_ENV
+from mmserve.workers.protocol import (
+    Chunk,
+    ErrorReply,
+    Pong,
+    Ready,
+    Reply,
+    Request,
+    Result,
+    WorkerInfo,
+    decode_reply,
+    encode,
+)
+
+__all__ = ["WorkerProcess", "child_env"]
+
+# A reply line can hold a batch of embeddings: far above asyncio's 64 KiB default.
+MAX_LINE = 256 * 1024 * 1024
+STOP_GRACE = 5.0
+
+_Pending = asyncio.Queue[Chunk | Result | ErrorReply | Pong | MMServeError]
+
+
+def child_env(spec: BackendSpec, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The child's environment: its thread budget, its device, and no busy-waiting threads.
+
+    OMP_WAIT_POLICY=PASSIVE matters on a shared CPU: llama.cpp's OpenMP threads otherwise spin
+    between tokens and starve the other models' processes (see MODELS.md for the figures).
+    """
+    env = dict(os.environ if base is None else base)
+    threads = str(spec.threads)
+    env.update(
+        OMP_WAIT_POLICY="PASSIVE",
+        OMP_NUM_THREADS=threads,
+        MKL_NUM_THREADS=threads,
+        OPENBLAS_NUM_THREADS=threads,
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+    )
+    env[PARENT_PID_ENV] = str(os.getpid())
+    # One device per replica: the child sees only its own GPU (as device 0), or none.
+    env["CUDA_VISIBLE_DEVICES"] = spec.device.removeprefix("cuda:") if spec.device != "cpu" else ""
+    return env
+
+
+class WorkerProcess:
+    """One child running `mmserve.workers.main` (or a user program speaking the same protocol)."""
+
+    def __init__(
+        self,
+        spec: BackendSpec,
+        log: ModelLog,
+        on_exit: Callable[[WorkerProcess], None] | None = None,
+        command: list[str] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.log = log
+        self.on_exit = on_exit
+        self.command = command or [sys.executable, "-m", "mmserve.workers.main", spec.model_dump_json()]
+        self.info = WorkerInfo()
+        self.exited = asyncio.Event()
+        self.stopping = False
+        self._proc: asyncio.subprocess.Process | None = None
+        self._ready: asyncio.Future[WorkerInfo] | None = None
+        self._pending: dict[str, _Pending] = {}
+        self._ids = itertools.count(1)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode if self._proc else None
+
+    async def start(self, timeout: float) -> WorkerInfo:
+        """Spawn the child and wait for `ready`. Raises ModelUnavailable with the reason."""
+        self._ready = asyncio.get_running_loop().create_future()
+        self._proc = await asyncio.create_subprocess_exec(
+            *self.command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=child_env(self.spec),
+            limit=MAX_LINE,
+            # Its own session: a Ctrl-C aimed at the server does not hit the children directly;
+            # the server stops them in order.
+            start_new_session=True,
+        )
+        self.log.event(f"started worker pid {self._proc.pid} on {self.spec.device}")
+        self._tasks = [
+            asyncio.create_task(self._read_stderr()),
+            asyncio.create_task(self._read_replies()),
+        ]
+        try:
+            self.info = await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+        except TimeoutError:
+            await self.stop()
+            raise ModelUnavailable(f"model {self.spec.name!r} did not load within {timeout:.0f} s") from None
+        except MMServeError:
+            await self.stop()
+            raise
+        return self.info
+
+    async def request(self, op: str, body: dict[str, Any]) -> AsyncIterator[Chunk | Result]:
+        """Send one request; yield its chunks, then its result. Leaving early cancels it in the child.
+
+        Raises the error the child reported (rebuilt from its kind), or WorkerCrashed.
+        """
+        if self.exited.is_set() or self._proc is None or self._proc.stdin is None:
+            raise WorkerCrashed(f"the worker of model {self.spec.name!r} is not running")
+        rid = str(next(self._ids))
+        queue: _Pending = asyncio.Queue()
+        self._pending[rid] = queue
+        finished = False
+        try:
+            self._send(Request(op=op, id=rid, body=body))  # type: ignore[arg-type]
+            while True:
+                reply = await queue.get()
+                if isinstance(reply, MMServeError):
+                    finished = True
+                    raise reply
+                if isinstance(reply, ErrorReply):
+                    finished = True
+                    raise from_kind(reply.error.kind, reply.error.message)
+                if isinstance(reply, Chunk):
+                    yield reply
+                elif isinstance(reply, Result):
+                    finished = True
+                    yield reply
+                    return
+        finally:
+            self._pending.pop(rid, None)
+            if not finished:  # the caller left (client gone, task cancelled): stop the work
+                self._send(Request(op="cancel", id=rid))
+
+    async def stop(self, grace: float = STOP_GRACE) -> None:
+        """Ask the child to exit; TERM then KILL if it does not. Idempotent."""
+        self.stopping = True
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.returncode is None:
+            self._send(Request(op="shutdown"))
+            if proc.stdin:
+                proc.stdin.close()
+            await self._wait_or_signal(proc, grace)
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _wait_or_signal(self, proc: asyncio.subprocess.Process, grace: float) -> None:
+        for sig in (None, signal.SIGTERM, signal.SIGKILL):
+            if sig is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(sig)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), grace)
+                return
+
+    def _send(self, request: Request) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None or proc.stdin.is_closing() or proc.returncode is not None:
+            return
+        # Lines are small and the child reads continuously, so no drain: this never blocks.
+        proc.stdin.write(encode(request))
+
+    async def _read_stderr(self) -> None:
+        assert self._proc and self._proc.stderr
+        async for raw in self._proc.stderr:
+            self.log.stderr(raw.decode(errors="replace").rstrip())
+
+    async def _read_replies(self) -> None:
+        assert self._proc and self._proc.stdout
+        try:
+            async for line in self._proc.stdout:
+                self._dispatch(line)
+        finally:
+            await self._proc.wait()
+            self._on_child_exit()
+
+    def _dispatch(self, line: bytes) -> None:
+        try:
+            reply: Reply = decode_reply(line)
+        except ValidationError:
+            self.log.event(f"ignored a malformed line from the worker: {line[:200]!r}")
+            return
+        if isinstance(reply, Ready):
+            self._resolve_ready(reply.info, None)
+        elif reply.id is None:
+            if isinstance(reply, ErrorReply):
+                self._resolve_ready(None, ModelUnavailable(f"model {self.spec.name!r} failed to load: {reply.error.message}"))
+                self.log.event(f"worker error: {reply.error.message}")
+        elif (queue := self._pending.get(reply.id)) is not None:
+            queue.put_nowait(reply)
+        # Replies to requests nobody waits for any more (cancelled) are dropped.
+
+    def _resolve_ready(self, info: WorkerInfo | None, error: MMServeError | None) -> None:
+        if self._ready is None or self._ready.done():
+            return
+        if error is not None:
+            self._ready.set_exception(error)
+        else:
+            self._ready.set_result(info or WorkerInfo())
+
+    def _on_child_exit(self) -> None:
+        code = self.returncode
+        reason = f"the worker of model {self.spec.name!r} (pid {self.pid}) exited with code {code}"
+        self.log.event(reason if not self.stopping else f"worker pid {self.pid} stopped")
+        detail = "; ".join(self.log.tail(3))
+        self._resolve_ready(None, ModelUnavailable(f"{reason} while loading: {detail}"))
+        for queue in self._pending.values():
+            queue.put_nowait(WorkerCrashed(reason))
+        self.exited.set()
+        if self.on_exit is not None:
+            self.on_exit(self)
