@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mmserve.config import DEFAULT_MODELS, load_settings
+from mmserve.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "mmserve.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_example_config_loads_and_validates() -> None:
+    settings = load_settings(ROOT / "config.example.yaml", env={})
+    names = [m.name for m in settings.models]
+    assert names[:3] == ["smollm2", "gemma3-270m", "minilm"]
+    assert settings.host == "127.0.0.1"
+
+
+def test_no_file_serves_the_builtin_models() -> None:
+    settings = load_settings(None, env={})
+    assert [m.name for m in settings.models] == [m["name"] for m in DEFAULT_MODELS]
+    assert {m.backend for m in settings.models} == {"llama_cpp", "sentence_transformers"}
+
+
+def test_layers_file_then_env_then_flags(tmp_path: Path) -> None:
+    path = write(tmp_path, "port: 9000\nhost: 127.0.0.1\nmodels: []\n")
+    assert load_settings(path, env={}).port == 9000
+    assert load_settings(path, env={"MMSERVE_PORT": "9100"}).port == 9100
+    assert load_settings(path, env={"MMSERVE_PORT": "9100"}, overrides={"port": 9200}).port == 9200
+
+
+def test_unknown_key_is_named_with_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "models:\n  - name: a\n    kind: llm\n    backend: fake\n    sourcee: x\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={})
+    assert str(path) in info.value.message
+    assert "models.0.sourcee" in info.value.message
+
+
+def test_bad_type_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "port: lots\nmodels: []\n")
+    with pytest.raises(ConfigError, match="port"):
+        load_settings(path, env={})
+
+
+def test_missing_model_file_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "models:\n  - name: a\n    kind: llm\n    source: nowhere.gguf\n")
+    with pytest.raises(ConfigError, match=r"models\.0\.source.*file not found: .*nowhere\.gguf"):
+        load_settings(path, env={})
+
+
+def test_missing_config_file() -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_settings(Path("/nonexistent/mmserve.yaml"), env={})
+
+
+def test_relative_source_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    path = write(tmp_path, "models:\n  - name: a\n    kind: llm\n    source: m.gguf\n")
+    assert load_settings(path, env={}).models[0].source == str(tmp_path / "m.gguf")
+
+
+def test_devices_and_replicas(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "models:\n"
+        "  - {name: a, kind: llm, backend: fake, replicas: 2}\n"
+        "  - {name: b, kind: llm, backend: fake, devices: [cuda:0, cuda:1]}\n",
+    )
+    a, b = load_settings(path, env={}).models
+    assert a.devices == ["cpu", "cpu"] and a.replicas == 2
+    assert b.devices == ["cuda:0", "cuda:1"] and b.replicas == 2
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("{name: a, kind: llm, backend: fake, devices: [gpu0]}", "must be 'cpu' or 'cuda:N'"),
+        ("{name: a/b, kind: llm, backend: fake}", "no slash"),
+        ("{name: a, kind: llm, backend: nope}", "unknown backend 'nope'"),
+        ("{name: a, kind: llm}", "needs a source"),
+        ("{name: a, kind: llm, source: 'catalog:nope'}", "unknown catalog model 'nope'"),
+        ("{name: a, kind: teleport, backend: fake}", "kind"),
+    ],
+)
+def test_bad_model_specs(tmp_path: Path, model: str, message: str) -> None:
+    path = write(tmp_path, f"models:\n  - {model}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_settings(path, env={})
+
+
+def test_duplicate_names_and_aliases(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "models:\n"
+        "  - {name: a, kind: llm, backend: fake, aliases: [chat]}\n"
+        "  - {name: b, kind: llm, backend: fake, aliases: [chat]}\n",
+    )
+    with pytest.raises(ConfigError, match="'chat' is used twice"):
+        load_settings(path, env={})
+
+
+def test_yaml_that_is_not_a_mapping(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_settings(write(tmp_path, "- a\n- b\n"), env={})
