@@ -20,7 +20,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mmserve {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the server")
-    serve.add_argument("--config", type=Path, help="YAML config file (default: $MMSERVE_CONFIG, else the built-in models)")
+    serve.add_argument(
+        "--config",
+        type=Path,
+        help="YAML config file (default: $MMSERVE_CONFIG, else the built-in models)",
+    )
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -38,7 +42,9 @@ def serve(settings: Settings) -> None:
 
     from mmserve.api.app import create_app
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     uvicorn.run(
         create_app(settings),
         host=settings.host,

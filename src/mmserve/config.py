@@ -170,7 +170,9 @@ def load_settings(
     """
     data: dict[str, Any] = _read_yaml(path) if path else {"models": DEFAULT_MODELS}
     env = os.environ if env is None else env
-    data.update({k: env[ENV_PREFIX + k.upper()] for k in _ENV_FIELDS if ENV_PREFIX + k.upper() in env})
+    data.update(
+        {k: env[ENV_PREFIX + k.upper()] for k in _ENV_FIELDS if ENV_PREFIX + k.upper() in env}
+    )
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     where = str(path) if path else "the built-in defaults"
     context = {"base_dir": path.parent if path else None}
@@ -195,7 +197,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _describe(exc: ValidationError) -> str:
-    """Each problem as `key.path: message`, e.g. `models.0.sourcee: Extra inputs are not permitted`."""
+    """Each problem as `key.path: message`, e.g. `models.0.sourcee: Extra inputs are not ...`."""
     lines = []
     for err in exc.errors():
         key = ".".join(str(part) for part in err["loc"]) or "(top level)"

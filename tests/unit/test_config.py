@@ -37,7 +37,9 @@ def test_layers_file_then_env_then_flags(tmp_path: Path) -> None:
 
 
 def test_unknown_key_is_named_with_the_file(tmp_path: Path) -> None:
-    path = write(tmp_path, "models:\n  - name: a\n    kind: llm\n    backend: fake\n    sourcee: x\n")
+    path = write(
+        tmp_path, "models:\n  - name: a\n    kind: llm\n    backend: fake\n    sourcee: x\n"
+    )
     with pytest.raises(ConfigError) as info:
         load_settings(path, env={})
     assert str(path) in info.value.message

@@ -93,11 +93,20 @@ DONE = TextDone(finish_reason="length", prompt_tokens=3, completion_tokens=2)
 
 
 async def test_chat_chunks_follow_openais_sequence() -> None:
-    chunks = [c async for c in convert.chat_chunks(events(TextDelta(text="a"), TextDelta(text="b"), DONE), "m", True)]
+    chunks = [
+        c
+        async for c in convert.chat_chunks(
+            events(TextDelta(text="a"), TextDelta(text="b"), DONE), "m", True
+        )
+    ]
     assert chunks[0].choices[0].delta.role == "assistant"
     assert [c.choices[0].delta.content for c in chunks[1:3]] == ["a", "b"]
     assert chunks[3].choices[0].finish_reason == "length"
-    assert chunks[4].choices == [] and chunks[4].usage is not None and chunks[4].usage.total_tokens == 5
+    assert (
+        chunks[4].choices == []
+        and chunks[4].usage is not None
+        and chunks[4].usage.total_tokens == 5
+    )
     assert len({c.id for c in chunks}) == 1
 
 

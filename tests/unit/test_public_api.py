@@ -13,6 +13,8 @@ def test_importing_mmserve_does_not_import_the_web_framework() -> None:
     import subprocess
     import sys
 
-    code = "import sys, mmserve.workers.main; print('fastapi' in sys.modules, 'torch' in sys.modules)"
+    code = (
+        "import sys, mmserve.workers.main; print('fastapi' in sys.modules, 'torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]

@@ -65,7 +65,9 @@ def describe_validation_error(exc: RequestValidationError) -> InvalidRequest:
     err = exc.errors()[0]
     loc = [str(part) for part in err["loc"] if part != "body"]
     if err["type"] == "json_invalid":
-        return InvalidRequest(f"the request body is not valid JSON: {err.get('ctx', {}).get('error', err['msg'])}")
+        return InvalidRequest(
+            f"the request body is not valid JSON: {err.get('ctx', {}).get('error', err['msg'])}"
+        )
     if not loc:
         return InvalidRequest(f"the request body is invalid: {err['msg']}")
     field = ".".join(loc)
@@ -74,7 +76,14 @@ def describe_validation_error(exc: RequestValidationError) -> InvalidRequest:
 
 async def on_http_error(_: Request, exc: HTTPException) -> JSONResponse:
     kind = "not_found" if exc.status_code == 404 else None
-    body = {"error": {"message": str(exc.detail), "type": "invalid_request_error", "param": None, "code": kind}}
+    body = {
+        "error": {
+            "message": str(exc.detail),
+            "type": "invalid_request_error",
+            "param": None,
+            "code": kind,
+        }
+    }
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 

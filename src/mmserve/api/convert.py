@@ -53,7 +53,10 @@ def sampling(body: wire.ChatCompletionRequest | wire.CompletionRequest) -> Sampl
 
 def chat_request(body: wire.ChatCompletionRequest) -> ChatRequest:
     """The engine's chat request; text parts are joined, image parts refused (text models)."""
-    messages = [ChatMessage(role=m.role, content=_text(m, i, body.model)) for i, m in enumerate(body.messages)]
+    messages = [
+        ChatMessage(role=m.role, content=_text(m, i, body.model))
+        for i, m in enumerate(body.messages)
+    ]
     return ChatRequest(messages=messages, sampling=sampling(body))
 
 
@@ -101,7 +104,9 @@ async def chat_chunks(
     cid = wire.new_id("chatcmpl")
 
     def chunk(delta: wire.Delta, finish: TextDone | None = None) -> wire.ChatCompletionChunk:
-        choice = wire.ChunkChoice(delta=delta, finish_reason=finish.finish_reason if finish else None)
+        choice = wire.ChunkChoice(
+            delta=delta, finish_reason=finish.finish_reason if finish else None
+        )
         return wire.ChatCompletionChunk(id=cid, model=model, choices=[choice])
 
     yield chunk(wire.Delta(role="assistant", content=""))
@@ -123,16 +128,22 @@ async def completion_chunks(
     prompt_tokens = completion_tokens = 0
     for index, (prompt, events) in enumerate(streams):
         if echo:
-            yield wire.Completion(id=cid, model=model, choices=[wire.CompletionChoice(index=index, text=prompt)])
+            yield wire.Completion(
+                id=cid, model=model, choices=[wire.CompletionChoice(index=index, text=prompt)]
+            )
         async for event in events:
-            text, finish = (event.text, None) if isinstance(event, TextDelta) else ("", event.finish_reason)
+            text, finish = (
+                (event.text, None) if isinstance(event, TextDelta) else ("", event.finish_reason)
+            )
             choice = wire.CompletionChoice(index=index, text=text, finish_reason=finish)
             yield wire.Completion(id=cid, model=model, choices=[choice])
             if isinstance(event, TextDone):
                 prompt_tokens += event.prompt_tokens
                 completion_tokens += event.completion_tokens
     if include_usage:
-        yield wire.Completion(id=cid, model=model, choices=[], usage=usage(prompt_tokens, completion_tokens))
+        yield wire.Completion(
+            id=cid, model=model, choices=[], usage=usage(prompt_tokens, completion_tokens)
+        )
 
 
 def encode_base64(vector: list[float]) -> str:

@@ -45,21 +45,29 @@ async def prime(items: AsyncIterator[T]) -> AsyncIterator[T]:
     return chain()
 
 
-async def _generate(manager: ModelManager, body: wire.CompletionRequest, prompt: str) -> AsyncIterator[TextEvent]:
+async def _generate(
+    manager: ModelManager, body: wire.CompletionRequest, prompt: str
+) -> AsyncIterator[TextEvent]:
     replica = await manager.replica(body.model, "complete")
     async for event in replica.generate("complete", convert.completion_request(body, prompt)):
         yield event
 
 
 @router.post("/chat/completions", response_model=wire.ChatCompletion)
-async def chat_completions(body: wire.ChatCompletionRequest, request: Request) -> Response | wire.ChatCompletion:
+async def chat_completions(
+    body: wire.ChatCompletionRequest, request: Request
+) -> Response | wire.ChatCompletion:
     engine_request = convert.chat_request(body)
     replica = await manager_of(request).replica(body.model, "chat")
     events = replica.generate("chat", engine_request)
     if body.stream:
-        return event_stream(convert.chat_chunks(await prime(events), body.model, body.include_usage))
+        return event_stream(
+            convert.chat_chunks(await prime(events), body.model, body.include_usage)
+        )
     text, done = await convert.collect(events)
-    choice = wire.ChatChoice(index=0, message=wire.AssistantMessage(content=text), finish_reason=done.finish_reason)
+    choice = wire.ChatChoice(
+        index=0, message=wire.AssistantMessage(content=text), finish_reason=done.finish_reason
+    )
     return wire.ChatCompletion(
         id=wire.new_id("chatcmpl"),
         model=body.model,
@@ -74,11 +82,17 @@ async def completions(body: wire.CompletionRequest, request: Request) -> Respons
     if body.stream:
         streams = [(p, _generate(manager, body, p)) for p in body.prompts]
         streams[0] = (streams[0][0], await prime(streams[0][1]))
-        return event_stream(convert.completion_chunks(streams, body.model, body.include_usage, body.echo))
+        return event_stream(
+            convert.completion_chunks(streams, body.model, body.include_usage, body.echo)
+        )
     # Several prompts run side by side: each goes to the least busy replica.
-    results = await asyncio.gather(*(convert.collect(_generate(manager, body, p)) for p in body.prompts))
+    results = await asyncio.gather(
+        *(convert.collect(_generate(manager, body, p)) for p in body.prompts)
+    )
     choices = [
-        wire.CompletionChoice(index=i, text=(p if body.echo else "") + text, finish_reason=done.finish_reason)
+        wire.CompletionChoice(
+            index=i, text=(p if body.echo else "") + text, finish_reason=done.finish_reason
+        )
         for i, (p, (text, done)) in enumerate(zip(body.prompts, results, strict=True))
     ]
     prompt_tokens = sum(done.prompt_tokens for _, done in results)
@@ -97,7 +111,7 @@ async def embeddings(body: wire.EmbeddingRequest, request: Request) -> wire.Embe
     dimensions = replica.info.dimensions
     if body.dimensions is not None and body.dimensions != dimensions:
         raise InvalidRequest(
-            f"model {body.model!r} makes {dimensions}-dimensional embeddings; it cannot give {body.dimensions}",
+            f"model {body.model!r} gives {dimensions} dimensions, not {body.dimensions}",
             param="dimensions",
         )
     result = await replica.embed(EmbedRequest(inputs=body.inputs))
@@ -109,7 +123,9 @@ class EngineEmbeddingRequest(wire.EmbeddingRequest):
 
 
 @engines_router.post("/engines/{model}/embeddings", response_model=wire.EmbeddingResponse)
-async def engine_embeddings(model: str, body: EngineEmbeddingRequest, request: Request) -> wire.EmbeddingResponse:
+async def engine_embeddings(
+    model: str, body: EngineEmbeddingRequest, request: Request
+) -> wire.EmbeddingResponse:
     return await embeddings(body.model_copy(update={"model": model}), request)
 
 

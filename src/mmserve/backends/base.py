@@ -9,7 +9,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmserve.catalog import resolve_source
-from mmserve.errors import UnsupportedCapability
 from mmserve.engine.types import (
     ChatRequest,
     CompletionRequest,
@@ -17,6 +16,7 @@ from mmserve.engine.types import (
     EmbedResult,
     TextEvent,
 )
+from mmserve.errors import UnsupportedCapability
 from mmserve.workers.protocol import WorkerInfo
 
 __all__ = ["Backend", "BackendSpec", "Cancelled"]

@@ -22,6 +22,7 @@ from mmserve.engine.types import (
     CompletionRequest,
     EmbedRequest,
     EmbedResult,
+    FinishReason,
     Sampling,
     TextDelta,
     TextDone,
@@ -53,23 +54,34 @@ class FakeBackend(Backend):
     def chat(self, request: ChatRequest, cancelled: Cancelled) -> Iterator[TextEvent]:
         last = request.messages[-1].content if request.messages else ""
         prompt_words = sum(len(m.content.split()) for m in request.messages)
-        return self._generate(last, f"You said: {last}".split(), prompt_words, request.sampling, cancelled)
+        return self._generate(
+            last, f"You said: {last}".split(), prompt_words, request.sampling, cancelled
+        )
 
     def complete(self, request: CompletionRequest, cancelled: Cancelled) -> Iterator[TextEvent]:
         words = [f"word{i}" for i in range(1, 1000)]
-        return self._generate(request.prompt, words, len(request.prompt.split()), request.sampling, cancelled)
+        return self._generate(
+            request.prompt, words, len(request.prompt.split()), request.sampling, cancelled
+        )
 
     def embed(self, request: EmbedRequest) -> EmbedResult:
         vectors = [self._vector(text) for text in request.inputs]
-        return EmbedResult(vectors=vectors, prompt_tokens=sum(len(t.split()) for t in request.inputs))
+        return EmbedResult(
+            vectors=vectors, prompt_tokens=sum(len(t.split()) for t in request.inputs)
+        )
 
     def _generate(
-        self, trigger: str, words: list[str], prompt_tokens: int, sampling: Sampling, cancelled: Cancelled
+        self,
+        trigger: str,
+        words: list[str],
+        prompt_tokens: int,
+        sampling: Sampling,
+        cancelled: Cancelled,
     ) -> Iterator[TextEvent]:
         self._fail_on(trigger)
         if prompt_tokens > self.spec.context_length:
             raise ContextLengthExceeded(
-                f"the prompt is {prompt_tokens} tokens; the context holds {self.spec.context_length}"
+                f"the prompt is {prompt_tokens} tokens; the context is {self.spec.context_length}"
             )
         limit = sampling.max_tokens if sampling.max_tokens is not None else 16
         for i, word in enumerate(words[:limit]):
@@ -78,7 +90,7 @@ class FakeBackend(Backend):
             time.sleep(self.delay)
             yield TextDelta(text=word if i == 0 else " " + word)
         sent = min(limit, len(words))
-        finish = "length" if sent < len(words) else "stop"
+        finish: FinishReason = "length" if sent < len(words) else "stop"
         yield TextDone(finish_reason=finish, prompt_tokens=prompt_tokens, completion_tokens=sent)
 
     def _vector(self, text: str) -> list[float]:

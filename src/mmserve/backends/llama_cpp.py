@@ -20,10 +20,12 @@ from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 from mmserve.backends.base import Backend, BackendSpec, Cancelled
 from mmserve.backends.text import StopMatcher
 from mmserve.engine.types import (
+    Capability,
     ChatRequest,
     CompletionRequest,
     EmbedRequest,
     EmbedResult,
+    FinishReason,
     Sampling,
     TextDelta,
     TextDone,
@@ -58,7 +60,11 @@ class LlamaCppBackend(Backend):
         self._json_grammar: LlamaGrammar | None = None
 
     def _special_text(self, token: int) -> str:
-        return self.llm.detokenize([token], special=True).decode(errors="replace") if token >= 0 else ""
+        return (
+            self.llm.detokenize([token], special=True).decode(errors="replace")
+            if token >= 0
+            else ""
+        )
 
     def _chat_formatter(self) -> Jinja2ChatFormatter | None:
         """The GGUF's own chat template, if it has one (a base model has none: no chat)."""
@@ -72,12 +78,11 @@ class LlamaCppBackend(Backend):
         )
 
     def info(self) -> WorkerInfo:
-        if self.embedding:
-            capabilities = ["embed"]
-        else:
+        capabilities: list[Capability] = ["embed"]
+        if not self.embedding:
             capabilities = ["chat", "complete"] if self.formatter else ["complete"]
         return WorkerInfo(
-            capabilities=capabilities,  # type: ignore[arg-type]
+            capabilities=capabilities,
             context_length=self.llm.n_ctx(),
             dimensions=self.llm.n_embd() if self.embedding else None,
         )
@@ -88,10 +93,14 @@ class LlamaCppBackend(Backend):
         try:
             prompt = self.formatter(messages=messages).prompt
         except Exception as exc:  # jinja templates raise on message orders they refuse
-            raise InvalidRequest(f"the model's chat template refused these messages: {exc}") from None
+            raise InvalidRequest(
+                f"the model's chat template refused these messages: {exc}"
+            ) from None
         tokens = self.llm.tokenize(prompt.encode(), add_bos=False, special=True)
         # Small models sometimes spell their end-of-turn marker out as text: stop on it too.
-        return self._generate(tokens, request.sampling, [self.eos_text, *request.sampling.stop], cancelled)
+        return self._generate(
+            tokens, request.sampling, [self.eos_text, *request.sampling.stop], cancelled
+        )
 
     def complete(self, request: CompletionRequest, cancelled: Cancelled) -> Iterator[TextEvent]:
         tokens = self.llm.tokenize(request.prompt.encode(), add_bos=True, special=False)
@@ -100,7 +109,7 @@ class LlamaCppBackend(Backend):
     def embed(self, request: EmbedRequest) -> EmbedResult:
         vectors = self.llm.embed(request.inputs, normalize=True, truncate=True)
         count = sum(len(self.llm.tokenize(t.encode(), add_bos=True)) for t in request.inputs)
-        return EmbedResult(vectors=vectors, prompt_tokens=count)  # type: ignore[arg-type]
+        return EmbedResult(vectors=vectors, prompt_tokens=count)
 
     def _generate(
         self, prompt: list[int], sampling: Sampling, stops: list[str], cancelled: Cancelled
@@ -115,7 +124,8 @@ class LlamaCppBackend(Backend):
         self.llm.set_seed(sampling.seed if sampling.seed is not None else random.randrange(2**31))
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         matcher = StopMatcher(stops)
-        generated, finish = 0, "length"
+        generated = 0
+        finish: FinishReason = "length"
         for token in self.llm.generate(prompt, **self._sampler_args(sampling)):
             if cancelled():
                 return
@@ -135,7 +145,7 @@ class LlamaCppBackend(Backend):
         tail = matcher.flush() + decoder.decode(b"", final=True)
         if tail:
             yield TextDelta(text=tail)
-        yield TextDone(finish_reason=finish, prompt_tokens=len(prompt), completion_tokens=generated)  # type: ignore[arg-type]
+        yield TextDone(finish_reason=finish, prompt_tokens=len(prompt), completion_tokens=generated)
 
     def _sampler_args(self, sampling: Sampling) -> dict[str, Any]:
         args: dict[str, Any] = {

@@ -22,7 +22,9 @@ class SentenceTransformersBackend(Backend):
         self.batch_size = int(options.pop("batch_size", 32))
         # The child sees only its own GPU (CUDA_VISIBLE_DEVICES), so "cuda" means that one.
         device = "cpu" if spec.device == "cpu" else "cuda"
-        self.model = SentenceTransformer(str(spec.path()), device=device, local_files_only=True, **options)
+        self.model = SentenceTransformer(
+            str(spec.path()), device=device, local_files_only=True, **options
+        )
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(
@@ -33,7 +35,9 @@ class SentenceTransformersBackend(Backend):
 
     def embed(self, request: EmbedRequest) -> EmbedResult:
         with torch.inference_mode():
-            vectors = self.model.encode(request.inputs, batch_size=self.batch_size, convert_to_numpy=True)
+            vectors = self.model.encode(
+                request.inputs, batch_size=self.batch_size, convert_to_numpy=True
+            )
         features = self.model.tokenize(request.inputs)
         tokens = int(features["attention_mask"].sum())
         return EmbedResult(vectors=vectors.tolist(), prompt_tokens=tokens)

@@ -19,20 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
 from enum import StrEnum
 from typing import Any
 
 from mmserve.config import ModelSpec, Settings
 from mmserve.engine.logs import ModelLog
-from mmserve.engine.replicas import ProcessReplica, TextOp
+from mmserve.engine.replicas import ProcessReplica
 from mmserve.engine.types import (
     Capability,
-    ChatRequest,
-    CompletionRequest,
-    EmbedRequest,
-    EmbedResult,
-    TextEvent,
 )
 from mmserve.errors import MMServeError, ModelNotFound, ModelUnavailable, UnsupportedCapability
 
@@ -67,6 +61,10 @@ class Model:
         self._load_task: asyncio.Task[None] | None = None
 
     @property
+    def ready(self) -> bool:
+        return self.state is ModelState.READY
+
+    @property
     def capabilities(self) -> list[Capability]:
         return self.replicas[0].info.capabilities if self.replicas else []
 
@@ -77,13 +75,16 @@ class Model:
         """
         if self.state is ModelState.READY:
             return
-        if self.state is ModelState.FAILED and time.monotonic() - self._failed_at < RETRY_FAILED_AFTER:
+        if (
+            self.state is ModelState.FAILED
+            and time.monotonic() - self._failed_at < RETRY_FAILED_AFTER
+        ):
             raise ModelUnavailable(f"model {self.spec.name!r} failed to load: {self.last_error}")
         if self._load_task is None or self._load_task.done():
             self._load_task = asyncio.create_task(self._load())
         # shield: a caller that gives up (client gone) must not cancel the load the others await.
         await asyncio.shield(self._load_task)
-        if self.state is not ModelState.READY:
+        if not self.ready:  # the load we waited for failed
             raise ModelUnavailable(f"model {self.spec.name!r} failed to load: {self.last_error}")
 
     def pick(self, capability: Capability) -> ProcessReplica:
@@ -113,8 +114,12 @@ class Model:
     async def _load(self) -> None:
         self.state = ModelState.LOADING
         self.log.event(f"loading on {', '.join(self.spec.devices)}")
-        replicas = [ProcessReplica(self.spec, d, self.log, self._on_replica_exit) for d in self.spec.devices]
-        results = await asyncio.gather(*(r.start(self.load_timeout) for r in replicas), return_exceptions=True)
+        replicas = [
+            ProcessReplica(self.spec, d, self.log, self._on_replica_exit) for d in self.spec.devices
+        ]
+        results = await asyncio.gather(
+            *(r.start(self.load_timeout) for r in replicas), return_exceptions=True
+        )
         errors = [e for e in results if isinstance(e, BaseException)]
         if errors:
             await asyncio.gather(*(r.stop() for r in replicas))
@@ -179,7 +184,9 @@ class ModelManager:
             return self._by_name[name]
         except KeyError:
             known = ", ".join(sorted(self.models)) or "none"
-            raise ModelNotFound(f"the model {name!r} does not exist; available models: {known}") from None
+            raise ModelNotFound(
+                f"the model {name!r} does not exist; available models: {known}"
+            ) from None
 
     def start(self) -> None:
         """Begin loading every configured model in the background; requests wait for theirs."""
@@ -194,16 +201,6 @@ class ModelManager:
         model = self.get(name)
         await model.ensure_ready()
         return model.pick(capability)
-
-    async def generate(self, name: str, op: TextOp, request: ChatRequest | CompletionRequest) -> AsyncIterator[TextEvent]:
-        replica = await self.replica(name, "chat" if op == "chat" else "complete")
-        async with contextlib.aclosing(replica.generate(op, request)) as events:
-            async for event in events:
-                yield event
-
-    async def embed(self, name: str, request: EmbedRequest) -> EmbedResult:
-        replica = await self.replica(name, "embed")
-        return await replica.embed(request)
 
     def status(self) -> list[dict[str, Any]]:
         return [m.status() for m in self.models.values()]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Literal
 
 import psutil
@@ -66,7 +66,9 @@ class ProcessReplica:
         self.requests_served = 0
         self.loaded_at: float | None = None
         self.load_seconds: float | None = None
-        self.worker = WorkerProcess(backend_spec(spec, device), log, on_exit=lambda _: on_exit(self))
+        self.worker = WorkerProcess(
+            backend_spec(spec, device), log, on_exit=lambda _: on_exit(self)
+        )
 
     @property
     def info(self) -> WorkerInfo:
@@ -96,14 +98,24 @@ class ProcessReplica:
 
     async def generate(
         self, op: TextOp, request: ChatRequest | CompletionRequest
-    ) -> AsyncIterator[TextEvent]:
+    ) -> AsyncGenerator[TextEvent, None]:
         """Stream one generation: TextDelta events, then one TextDone."""
-        async with self._counted(), contextlib.aclosing(self.worker.request(op, request.model_dump())) as replies:
+        async with (
+            self._counted(),
+            contextlib.aclosing(self.worker.request(op, request.model_dump())) as replies,
+        ):
             async for reply in replies:
-                yield TextDelta.model_validate(reply.data) if isinstance(reply, Chunk) else TextDone.model_validate(reply.data)
+                yield (
+                    TextDelta.model_validate(reply.data)
+                    if isinstance(reply, Chunk)
+                    else TextDone.model_validate(reply.data)
+                )
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
-        async with self._counted(), contextlib.aclosing(self.worker.request("embed", request.model_dump())) as replies:
+        async with (
+            self._counted(),
+            contextlib.aclosing(self.worker.request("embed", request.model_dump())) as replies,
+        ):
             async for reply in replies:
                 if isinstance(reply, Result):
                     return EmbedResult.model_validate(reply.data)

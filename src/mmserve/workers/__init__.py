@@ -1,1 +1,1 @@
-"""Child processes: the JSON-lines protocol, the child's entry point, and the parent's supervisor."""
+"""Child processes: the JSON-lines protocol, the child's entry point, the parent's supervisor."""

@@ -155,7 +155,9 @@ class Worker:
         if op == "chat":
             events = self.backend.chat(ChatRequest.model_validate(body), job.cancelled.is_set)
         elif op == "complete":
-            events = self.backend.complete(CompletionRequest.model_validate(body), job.cancelled.is_set)
+            events = self.backend.complete(
+                CompletionRequest.model_validate(body), job.cancelled.is_set
+            )
         else:
             self.writer.error(rid, "unsupported", f"this worker does not serve op {op!r}")
             return

@@ -84,7 +84,7 @@ class ErrorInfo(_Message):
 
 
 class ErrorReply(_Message):
-    """The last reply to request `id`; `id` is null for an error outside any request (a failed load)."""
+    """The last reply to request `id`; `id` is null outside any request (a failed load)."""
 
     type: Literal["error"] = "error"
     id: str | None = None

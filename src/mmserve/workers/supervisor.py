@@ -18,7 +18,7 @@ import itertools
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -85,7 +85,12 @@ class WorkerProcess:
         self.spec = spec
         self.log = log
         self.on_exit = on_exit
-        self.command = command or [sys.executable, "-m", "mmserve.workers.main", spec.model_dump_json()]
+        self.command = command or [
+            sys.executable,
+            "-m",
+            "mmserve.workers.main",
+            spec.model_dump_json(),
+        ]
         self.info = WorkerInfo()
         self.exited = asyncio.Event()
         self.stopping = False
@@ -126,14 +131,16 @@ class WorkerProcess:
             self.info = await asyncio.wait_for(asyncio.shield(self._ready), timeout)
         except TimeoutError:
             await self.stop()
-            raise ModelUnavailable(f"model {self.spec.name!r} did not load within {timeout:.0f} s") from None
+            raise ModelUnavailable(
+                f"model {self.spec.name!r} did not load within {timeout:.0f} s"
+            ) from None
         except MMServeError:
             await self.stop()
             raise
         return self.info
 
-    async def request(self, op: str, body: dict[str, Any]) -> AsyncIterator[Chunk | Result]:
-        """Send one request; yield its chunks, then its result. Leaving early cancels it in the child.
+    async def request(self, op: str, body: dict[str, Any]) -> AsyncGenerator[Chunk | Result, None]:
+        """Send one request; yield its chunks, then its result. Leaving early cancels it.
 
         Raises the error the child reported (rebuilt from its kind), or WorkerCrashed.
         """
@@ -190,7 +197,12 @@ class WorkerProcess:
 
     def _send(self, request: Request) -> None:
         proc = self._proc
-        if proc is None or proc.stdin is None or proc.stdin.is_closing() or proc.returncode is not None:
+        if (
+            proc is None
+            or proc.stdin is None
+            or proc.stdin.is_closing()
+            or proc.returncode is not None
+        ):
             return
         # Lines are small and the child reads continuously, so no drain: this never blocks.
         proc.stdin.write(encode(request))
@@ -219,7 +231,12 @@ class WorkerProcess:
             self._resolve_ready(reply.info, None)
         elif reply.id is None:
             if isinstance(reply, ErrorReply):
-                self._resolve_ready(None, ModelUnavailable(f"model {self.spec.name!r} failed to load: {reply.error.message}"))
+                self._resolve_ready(
+                    None,
+                    ModelUnavailable(
+                        f"model {self.spec.name!r} failed to load: {reply.error.message}"
+                    ),
+                )
                 self.log.event(f"worker error: {reply.error.message}")
         elif (queue := self._pending.get(reply.id)) is not None:
             queue.put_nowait(reply)

@@ -1,0 +1,318 @@
+"""Streamed tokens/s: mmserve over HTTP vs llama-cpp-python called directly, side by side.
+
+What it measures, for one prompt and one model (SmolLM2, `catalog:smollm2`), in one run:
+
+  mmserve   a real `python -m mmserve serve` subprocess serving only that model (2 threads,
+            context 2048), streamed `/v1/chat/completions` through the official `openai` client
+  direct    `llama_cpp.Llama` with the same GGUF, threads and context, in this process,
+            `create_chat_completion(stream=True)`
+
+For each request: time to first token (TTFT: from the call to the first content chunk) and
+decode tokens/s = (completion_tokens - 1) / (t_last_token - t_first_token). mmserve's
+completion_tokens comes from the stream's usage chunk; the direct one from tokenizing the final
+text. After one warm-up request each, the rounds alternate the two contenders (and swap the order
+every round) so that drift on a shared machine hits both alike. Medians are reported, with the
+ratio mmserve/direct for tokens/s: on a noisy machine the ratio is the figure that matters.
+
+Run it from the repository root:
+
+    .venv/bin/python bench/stream_tokens.py [--rounds 5] [--max-tokens 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import yaml
+
+MODEL = "smollm2"
+SOURCE = "catalog:smollm2"
+THREADS = 2
+CONTEXT = 2048
+SEED = 1234
+PROMPT = "Write a long story about a lighthouse keeper."
+MESSAGES = [{"role": "user", "content": PROMPT}]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One streamed request, timed."""
+
+    ttft_s: float
+    tokens: int
+    decode_s: float
+    text: str
+
+    @property
+    def tokens_per_s(self) -> float:
+        return (self.tokens - 1) / self.decode_s if self.decode_s > 0 else float("nan")
+
+
+class Stream:
+    """Collects the content chunks of one stream with their arrival times."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.first: float | None = None
+        self.last: float | None = None
+        self.parts: list[str] = []
+
+    def add(self, content: str | None) -> None:
+        if not content:
+            return
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = now
+        self.last = now
+        self.parts.append(content)
+
+    def sample(self, tokens: int) -> Sample:
+        if self.first is None or self.last is None:
+            raise RuntimeError("the stream produced no content")
+        text = "".join(self.parts)
+        return Sample(self.first - self.start, tokens, self.last - self.first, text)
+
+
+# --- (a) mmserve over HTTP ---------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_config(directory: Path) -> Path:
+    model = {
+        "name": MODEL,
+        "kind": "llm",
+        "source": SOURCE,
+        "threads": THREADS,
+        "context_length": CONTEXT,
+    }
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump({"models": [model]}))
+    return path
+
+
+def wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float = 300) -> None:
+    """Wait until /health answers 200 and the model's state is `ready`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{tail(log)}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                states = [
+                    m["state"] for m in httpx.get(f"{url}/api/v1/", timeout=5).json()["models"]
+                ]
+                if states == ["ready"]:
+                    return
+                if "failed" in states:
+                    raise RuntimeError(f"the model failed to load:\n{tail(log)}")
+        time.sleep(0.2)
+    raise TimeoutError(f"server not ready after {timeout} s:\n{tail(log)}")
+
+
+def tail(log: Path, chars: int = 4000) -> str:
+    return log.read_text(errors="replace")[-chars:]
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def mmserve_server(directory: Path) -> Iterator[str]:
+    """A real `mmserve serve` subprocess with only the benchmark model; yields its base URL."""
+    port = free_port()
+    config = write_config(directory)
+    log = directory / "server.log"
+    command = [sys.executable, "-m", "mmserve", "serve", "--config", str(config)]
+    command += ["--port", str(port)]
+    env = {k: v for k, v in os.environ.items() if k != "MMSERVE_CONFIG"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_ready(proc, url, log)
+            yield url
+        finally:
+            stop(proc)
+
+
+def mmserve_runner(url: str, max_tokens: int) -> Callable[[], Sample]:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+
+    def run() -> Sample:
+        stream = Stream()
+        tokens = 0
+        chunks = client.chat.completions.create(
+            model=MODEL,
+            messages=MESSAGES,  # type: ignore[arg-type]
+            stream=True,
+            stream_options={"include_usage": True},
+            temperature=0,
+            seed=SEED,
+            max_tokens=max_tokens,
+        )
+        for chunk in chunks:
+            if chunk.choices:
+                stream.add(chunk.choices[0].delta.content)
+            if chunk.usage is not None:
+                tokens = chunk.usage.completion_tokens
+        return stream.sample(tokens)
+
+    return run
+
+
+# --- (b) llama-cpp-python directly -------------------------------------------------------
+
+
+def direct_runner(model_path: Path, max_tokens: int) -> Callable[[], Sample]:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(
+        model_path=str(model_path),
+        n_ctx=CONTEXT,
+        n_threads=THREADS,
+        n_threads_batch=THREADS,
+        verbose=False,
+    )
+
+    def run() -> Sample:
+        stream = Stream()
+        chunks: Any = llm.create_chat_completion(
+            MESSAGES,  # type: ignore[arg-type]
+            stream=True,
+            temperature=0,
+            seed=SEED,
+            max_tokens=max_tokens,
+        )
+        for chunk in chunks:
+            stream.add(chunk["choices"][0]["delta"].get("content"))
+        text = "".join(stream.parts)
+        return stream.sample(len(llm.tokenize(text.encode(), add_bos=False, special=False)))
+
+    return run
+
+
+# --- running and reporting ---------------------------------------------------------------
+
+
+def run_rounds(contenders: dict[str, Callable[[], Sample]], rounds: int) -> dict[str, list[Sample]]:
+    """One warm-up each, then `rounds` rounds alternating the order (ABBA...)."""
+    for name, run in contenders.items():
+        sample = run()
+        print(f"  warm-up   {name:8} {sample.tokens_per_s:7.1f} tok/s  ({sample.tokens} tokens)")
+    samples: dict[str, list[Sample]] = {name: [] for name in contenders}
+    names = list(contenders)
+    for i in range(rounds):
+        for name in names if i % 2 == 0 else reversed(names):
+            sample = contenders[name]()
+            samples[name].append(sample)
+            print(
+                f"  round {i + 1:<3} {name:8} {sample.tokens_per_s:7.1f} tok/s  "
+                f"TTFT {sample.ttft_s * 1000:6.1f} ms  ({sample.tokens} tokens)"
+            )
+    return samples
+
+
+def report(samples: dict[str, list[Sample]]) -> None:
+    tps = {name: statistics.median(s.tokens_per_s for s in runs) for name, runs in samples.items()}
+    ttft = {name: statistics.median(s.ttft_s for s in runs) for name, runs in samples.items()}
+    print()
+    print(f"| {'contender':<29} | {'median tokens/s':>15} | {'median TTFT ms':>14} |")
+    print(f"|{'-' * 31}|{'-' * 16}:|{'-' * 15}:|")
+    labels = {"mmserve": "mmserve (HTTP, openai client)", "direct": "llama-cpp-python direct"}
+    for name in samples:
+        print(f"| {labels[name]:<29} | {tps[name]:>15.1f} | {ttft[name] * 1000:>14.1f} |")
+    print(f"\nratio mmserve/direct, tokens/s: {tps['mmserve'] / tps['direct']:.3f}")
+    texts = {s.text for runs in samples.values() for s in runs}
+    print(f"identical output text across all requests: {len(texts) == 1}")
+
+
+def describe_environment() -> None:
+    import llama_cpp
+    import openai
+
+    import mmserve
+
+    memory = psutil.virtual_memory().total / 2**30
+    print(f"machine:  {platform.machine()}, {os.cpu_count()} cores, {memory:.1f} GiB memory")
+    print(f"          {cpu_model()}, {platform.platform()}")
+    print(
+        f"versions: mmserve {mmserve.__version__}, llama-cpp-python {llama_cpp.__version__}, "
+        f"openai {openai.__version__}, httpx {version('httpx')}, "
+        f"python {platform.python_version()}"
+    )
+    print(f"command:  {shlex.join([sys.executable, *sys.argv])}")
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=5, help="measured rounds (default 5)")
+    parser.add_argument("--max-tokens", type=int, default=128, help="tokens per request")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    # As the server does for its model processes: OpenMP threads sleep instead of spinning.
+    # Set before llama_cpp is imported (the library reads it when it loads).
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+    from mmserve.catalog import resolve_source
+
+    model_path = resolve_source(SOURCE)
+    describe_environment()
+    print(f"model:    {model_path.name}, {THREADS} threads, context {CONTEXT}")
+    print(f"prompt:   {PROMPT!r}, max_tokens {args.max_tokens}, temperature 0, seed {SEED}")
+    print(f"rounds:   {args.rounds} after one warm-up each\n")
+    with tempfile.TemporaryDirectory(prefix="mmserve-bench-") as tmp:
+        print("starting mmserve and loading the direct model...")
+        with mmserve_server(Path(tmp)) as url:
+            contenders = {
+                "mmserve": mmserve_runner(url, args.max_tokens),
+                "direct": direct_runner(model_path, args.max_tokens),
+            }
+            samples = run_rounds(contenders, args.rounds)
+    report(samples)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""The OpenAI routes on a real server process with fake models, driven by the official client."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+
+@pytest.fixture(scope="module")
+def client(fake_server) -> openai.OpenAI:  # type: ignore[no-untyped-def]
+    return openai.OpenAI(base_url=f"{fake_server.url}/v1", api_key="unused", max_retries=0)
+
+
+def ask(client: openai.OpenAI, content: str, **kwargs: object) -> str:
+    reply = client.chat.completions.create(
+        model=kwargs.pop("model", "echo"),  # type: ignore[arg-type]
+        messages=[{"role": "user", "content": content}],
+        **kwargs,  # type: ignore[arg-type]
+    )
+    return reply.choices[0].message.content or ""
+
+
+def test_chat(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model="echo", messages=[{"role": "user", "content": "hello world"}]
+    )
+    assert reply.object == "chat.completion"
+    assert reply.choices[0].message.content == "You said: hello world"
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.usage is not None and reply.usage.completion_tokens == 4
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + 4
+
+
+def test_alias_and_unprefixed_route(fake_server) -> None:  # type: ignore[no-untyped-def]
+    body = {"model": "chat-alias", "messages": [{"role": "user", "content": "hi"}]}
+    reply = httpx.post(f"{fake_server.url}/chat/completions", json=body).json()
+    assert reply["choices"][0]["message"]["content"] == "You said: hi"
+
+
+def test_max_tokens_gives_finish_reason_length(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model="echo",
+        max_completion_tokens=2,
+        messages=[{"role": "user", "content": "one two three"}],
+    )
+    assert reply.choices[0].message.content == "You said:"
+    assert reply.choices[0].finish_reason == "length"
+
+
+def test_stream_equals_plain_and_reports_usage(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="echo",
+        messages=[{"role": "user", "content": "stream me please"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == ask(client, "stream me please")
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 5  # "You said: stream me please"
+
+
+def test_completions_with_several_prompts(client: openai.OpenAI) -> None:
+    reply = client.completions.create(model="echo", prompt=["a b", "c"], max_tokens=3)
+    assert [c.index for c in reply.choices] == [0, 1]
+    assert all(c.text == "word1 word2 word3" and c.finish_reason == "length" for c in reply.choices)
+    assert reply.usage is not None and reply.usage.completion_tokens == 6
+
+
+def test_streamed_completions(client: openai.OpenAI) -> None:
+    stream = client.completions.create(model="echo", prompt="x", max_tokens=2, stream=True)
+    assert "".join(c.choices[0].text for c in stream if c.choices) == "word1 word2"
+
+
+def test_embeddings_float_and_base64_agree(client: openai.OpenAI, fake_server) -> None:  # type: ignore[no-untyped-def]
+    floats = client.embeddings.create(model="vec", input=["a", "b"], encoding_format="float")
+    assert [d.index for d in floats.data] == [0, 1] and len(floats.data[0].embedding) == 16
+    raw = httpx.post(
+        f"{fake_server.url}/v1/embeddings",
+        json={"model": "vec", "input": ["a", "b"], "encoding_format": "base64"},
+    ).json()
+    decoded = [np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in raw["data"]]
+    for got, want in zip(decoded, floats.data, strict=True):
+        assert np.allclose(got, want.embedding, atol=1e-6)
+    # The client asks for base64 by default and decodes it itself.
+    assert np.allclose(
+        client.embeddings.create(model="vec", input="a").data[0].embedding, floats.data[0].embedding
+    )
+
+
+def test_engines_embeddings_route(fake_server) -> None:  # type: ignore[no-untyped-def]
+    reply = httpx.post(f"{fake_server.url}/engines/vec/embeddings", json={"input": "a"})
+    assert reply.status_code == 200 and len(reply.json()["data"][0]["embedding"]) == 16
+
+
+def test_models_list_and_get(client: openai.OpenAI) -> None:
+    ids = [m.id for m in client.models.list()]
+    assert ids == ["echo", "slow", "vec", "broken"]
+    assert client.models.retrieve("chat-alias").id == "echo"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("nope")
+
+
+def test_each_replica_is_its_own_process(fake_server) -> None:  # type: ignore[no-untyped-def]
+    status = fake_server.status()
+    pids = [r["pid"] for m in status["models"] for r in m["replicas"]]
+    echo = next(m for m in status["models"] if m["name"] == "echo")
+    assert len(echo["replicas"]) == 2
+    assert len(set(pids)) == len(pids) and status["server"]["pid"] not in pids
