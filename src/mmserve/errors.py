@@ -7,7 +7,8 @@
     |   `-- ContextLengthExceeded      400 invalid_request_error  code=context_length_exceeded
     |-- ModelNotFound                  404 invalid_request_error  code=model_not_found
     |-- ModelUnavailable               503 service_unavailable    code=model_unavailable
-    |   `-- WorkerCrashed              503 service_unavailable    code=worker_crashed
+    |   |-- WorkerCrashed              503 service_unavailable    code=worker_crashed
+    |   `-- RequestCancelled           503 service_unavailable    code=request_cancelled
     `-- BackendError                   500 internal_error         code=backend_error
 
 Foreign exceptions (llama.cpp, torch, httpx) are translated at the backend boundary
@@ -27,6 +28,7 @@ __all__ = [
     "MMServeError",
     "ModelNotFound",
     "ModelUnavailable",
+    "RequestCancelled",
     "UnsupportedCapability",
     "WorkerCrashed",
     "from_kind",
@@ -104,6 +106,13 @@ class WorkerCrashed(ModelUnavailable):
     kind = "crashed"
 
 
+class RequestCancelled(ModelUnavailable):
+    """The request was stopped by the server (its model is being unloaded), not by its client."""
+
+    code = "request_cancelled"
+    kind = "cancelled"
+
+
 class BackendError(MMServeError):
     """The engine failed on a request that looked valid: a bug or a broken model, not the user."""
 
@@ -120,6 +129,7 @@ _BY_KIND: dict[str, type[MMServeError]] = {
         ModelNotFound,
         ModelUnavailable,
         WorkerCrashed,
+        RequestCancelled,
         BackendError,
     )
 }

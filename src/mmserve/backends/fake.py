@@ -46,7 +46,7 @@ class FakeBackend(Backend):
     def info(self) -> WorkerInfo:
         capabilities = ["embed"] if self.spec.kind == "embedding" else ["chat", "complete"]
         return WorkerInfo(
-            capabilities=capabilities,  # type: ignore[arg-type]
+            capabilities=capabilities,
             context_length=self.spec.context_length,
             dimensions=self.dimensions if self.spec.kind == "embedding" else None,
         )

@@ -20,7 +20,6 @@ from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 from mmserve.backends.base import Backend, BackendSpec, Cancelled
 from mmserve.backends.text import StopMatcher
 from mmserve.engine.types import (
-    Capability,
     ChatRequest,
     CompletionRequest,
     EmbedRequest,
@@ -78,7 +77,7 @@ class LlamaCppBackend(Backend):
         )
 
     def info(self) -> WorkerInfo:
-        capabilities: list[Capability] = ["embed"]
+        capabilities = ["embed"]
         if not self.embedding:
             capabilities = ["chat", "complete"] if self.formatter else ["complete"]
         return WorkerInfo(

@@ -33,6 +33,7 @@ from mmserve.errors import MMServeError, ModelNotFound, ModelUnavailable, Unsupp
 __all__ = ["Model", "ModelManager", "ModelState"]
 
 RETRY_FAILED_AFTER = 10.0
+KNOWN_CAPABILITIES: tuple[Capability, ...] = ("chat", "complete", "embed")
 
 _WHAT = {"chat": "chat (/v1/chat/completions)", "complete": "text completion (/v1/completions)",
          "embed": "embeddings (/v1/embeddings)"}  # fmt: skip
@@ -66,7 +67,9 @@ class Model:
 
     @property
     def capabilities(self) -> list[Capability]:
-        return self.replicas[0].info.capabilities if self.replicas else []
+        """What the loaded model announced, limited to what this server knows how to route."""
+        announced = self.replicas[0].info.capabilities if self.replicas else []
+        return [c for c in KNOWN_CAPABILITIES if c in announced]
 
     async def ensure_ready(self) -> None:
         """Return once the model can serve; load it if needed (one load, however many callers).

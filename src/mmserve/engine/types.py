@@ -29,7 +29,8 @@ FinishReason = Literal["stop", "length"]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Unknown fields are ignored: a newer worker may add some (the protocol's forward rule).
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
 
 class Sampling(_Frozen):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import queue
 import signal
@@ -59,6 +60,23 @@ def die_with_parent() -> None:
         sys.exit(0)
 
 
+def request_id_of(line: bytes) -> str | None:
+    """The `id` of a request line that failed validation, if it has a readable one."""
+    try:
+        rid = json.loads(line).get("id")
+    except (ValueError, AttributeError):
+        return None
+    return rid if isinstance(rid, str) else None
+
+
+def brief(exc: ValidationError) -> str:
+    """A validation error in one line, without pydantic's documentation links."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
+        for e in exc.errors(include_url=False)
+    )
+
+
 class ReplyWriter:
     """Writes protocol lines; safe to call from the reader and the executor threads."""
 
@@ -89,6 +107,7 @@ class Worker:
         self.writer = writer
         self.jobs: dict[str, Job] = {}
         self.queue: queue.Queue[Job | None] = queue.Queue()
+        self.capabilities = set(backend.info().capabilities)
 
     def serve(self, stdin: IO[bytes]) -> None:
         executor = threading.Thread(target=self._execute_all, name="executor", daemon=True)
@@ -106,7 +125,10 @@ class Worker:
         try:
             request = decode_request(line)
         except ValidationError as exc:
-            self.writer.error(None, "invalid_request", f"malformed request line: {exc}")
+            # Answer with the line's id when it has one, so its sender does not wait forever.
+            self.writer.error(
+                request_id_of(line), "invalid_request", f"malformed request: {brief(exc)}"
+            )
             return True
         if request.op == "shutdown":
             return False
@@ -140,13 +162,16 @@ class Worker:
         except MMServeError as exc:
             self.writer.error(rid, exc.kind, exc.message)
         except ValidationError as exc:
-            self.writer.error(rid, "invalid_request", str(exc))
+            self.writer.error(rid, "invalid_request", brief(exc))
         except Exception as exc:  # a foreign engine error: log it whole, report it short
             traceback.print_exc(file=sys.stderr)
             self.writer.error(rid, "backend", f"{type(exc).__name__}: {exc}")
 
     def _run(self, job: Job) -> None:
         op, body, rid = job.request.op, job.request.body, job.request.id or ""
+        if op not in self.capabilities:
+            self.writer.error(rid, "unsupported", f"this model does not serve op {op!r}")
+            return
         if op == "embed":
             result = self.backend.embed(EmbedRequest.model_validate(body))
             self.writer.send(Result(id=rid, data=result.model_dump()))

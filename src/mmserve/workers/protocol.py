@@ -12,8 +12,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from mmserve.engine.types import Capability
-
 __all__ = [
     "PROTOCOL_VERSION",
     "Chunk",
@@ -51,7 +49,9 @@ class Request(_Message):
 class WorkerInfo(_Message):
     """What a loaded model can do, sent once in `ready`."""
 
-    capabilities: list[Capability] = Field(default_factory=list)
+    # Plain strings on the wire: a newer child may announce capabilities this parent does not
+    # know; the parent serves only those it knows (see `Capability`).
+    capabilities: list[str] = Field(default_factory=list)
     context_length: int | None = None
     dimensions: int | None = None
 

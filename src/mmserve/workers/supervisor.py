@@ -28,6 +28,7 @@ from mmserve.engine.logs import ModelLog
 from mmserve.errors import MMServeError, ModelUnavailable, WorkerCrashed, from_kind
 from mmserve.workers.main import PARENT_PID_ENV
 from mmserve.workers.protocol import (
+    PROTOCOL_VERSION,
     Chunk,
     ErrorReply,
     Pong,
@@ -129,13 +130,13 @@ class WorkerProcess:
         ]
         try:
             self.info = await asyncio.wait_for(asyncio.shield(self._ready), timeout)
-        except TimeoutError:
+        except (TimeoutError, MMServeError, asyncio.CancelledError) as exc:
+            self._ready.cancel()  # nobody waits for it any more
             await self.stop()
-            raise ModelUnavailable(
-                f"model {self.spec.name!r} did not load within {timeout:.0f} s"
-            ) from None
-        except MMServeError:
-            await self.stop()
+            if isinstance(exc, TimeoutError):
+                raise ModelUnavailable(
+                    f"model {self.spec.name!r} did not load within {timeout:.0f} s"
+                ) from None
             raise
         return self.info
 
@@ -228,7 +229,13 @@ class WorkerProcess:
             self.log.event(f"ignored a malformed line from the worker: {line[:200]!r}")
             return
         if isinstance(reply, Ready):
-            self._resolve_ready(reply.info, None)
+            error = None
+            if reply.protocol != PROTOCOL_VERSION:
+                error = ModelUnavailable(
+                    f"the worker of model {self.spec.name!r} speaks protocol {reply.protocol}; "
+                    f"this server speaks {PROTOCOL_VERSION}"
+                )
+            self._resolve_ready(reply.info, error)
         elif reply.id is None:
             if isinstance(reply, ErrorReply):
                 self._resolve_ready(
