@@ -39,6 +39,7 @@ def test_bad_requests_are_answered_with_their_id() -> None:
         '{"op": "chat", "id": "c", "body": {"messages": []}}',  # not a capability of the model
         '{"op": "embed", "id": "e", "body": {"inputs": "not a list"}}',
         "not json at all",
+        '{"op": "shutdown"}',
     )
     errors = {r.id: r.error.kind for r in replies if isinstance(r, ErrorReply)}
     assert errors == {

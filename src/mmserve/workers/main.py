@@ -114,11 +114,12 @@ class Worker:
         executor.start()
         for line in stdin:
             if line.strip() and not self._handle(line):
-                break
-        for job in list(self.jobs.values()):  # stdin closed: nobody is waiting any more
-            job.cancelled.set()
+                break  # `shutdown`: finish what was received, then exit
+        else:
+            for job in list(self.jobs.values()):  # stdin closed: nobody is waiting any more
+                job.cancelled.set()
         self.queue.put(None)
-        executor.join(timeout=5)
+        executor.join()
 
     def _handle(self, line: bytes) -> bool:
         """Dispatch one line from the parent; False means stop serving."""
