@@ -51,11 +51,11 @@ class ServerProcess:
         raise TimeoutError(f"server not healthy after {timeout} s:\n{self.log()}")
 
     def wait_models(self, timeout: float = 300) -> list[dict]:
-        """Wait until every model has left `loading`; return the status."""
+        """Wait until no model is loading (the preloads are done); return the models' status."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             models = self.status()["models"]
-            if all(m["state"] not in ("loading", "unloaded") for m in models):
+            if all(m["state"] != "loading" for m in models):
                 return models
             time.sleep(0.2)
         raise TimeoutError(f"models still loading after {timeout} s:\n{self.log()}")

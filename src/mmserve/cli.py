@@ -1,4 +1,5 @@
-"""The `mmserve` command. The only module that exits the process."""
+"""The `mmserve` command: `serve`, and client commands for a running server (`ps`, `load`,
+`unload`). The only module that exits the process."""
 
 from __future__ import annotations
 
@@ -6,35 +7,79 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 from mmserve import __version__
-from mmserve.config import Settings, load_settings
+from mmserve.config import Settings, load_settings, select_models
 from mmserve.errors import ConfigError
 
 __all__ = ["main"]
+
+DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmserve", description=__doc__)
     parser.add_argument("--version", action="version", version=f"mmserve {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the server")
+    _serve_parser(commands.add_parser("serve", help="run the server"))
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument(
+        "--url", default=os.environ.get("MMSERVE_URL", DEFAULT_URL), help="server address"
+    )
+    client.add_argument("--api-key", default=os.environ.get("MMSERVE_API_KEY"), help="API key")
+    commands.add_parser("ps", parents=[client], help="show every model and its replicas")
+    load = commands.add_parser(
+        "load", parents=[client], help="load a configured model, or a model file"
+    )
+    load.add_argument("target", help="a model name, or the path of a GGUF file inside model_dirs")
+    load.add_argument("--alias", help="the name to serve a file under (default: the file name)")
+    load.add_argument("--ctx-len", type=int, help="context length for a file")
+    load.add_argument("--ngl", type=int, help="GPU layers for a file (-1: all)")
+    load.add_argument(
+        "--type", choices=["llm", "embedding"], default="llm", help="what the file is"
+    )
+    unload = commands.add_parser(
+        "unload", parents=[client], help="unload a model (its processes exit)"
+    )
+    unload.add_argument("model")
+    return parser
+
+
+def _serve_parser(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
-        "--config",
-        type=Path,
-        help="YAML config file (default: $MMSERVE_CONFIG, else the built-in models)",
+        "--config", type=Path, help="YAML config (default: $MMSERVE_CONFIG, else built-ins)"
     )
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    return parser
+    serve.add_argument("--model", action="append", help="serve only this model (repeatable)")
+    serve.add_argument("--device", nargs="+", help="one replica per device: cpu, cuda:0, ...")
+    serve.add_argument("--max-loaded-models", type=int, help="models loaded at once (LRU eviction)")
+    serve.add_argument("--max-memory", help="resident memory for all models, e.g. 8GiB")
+    serve.add_argument(
+        "--model-dir", action="append", type=Path, help="where /loadmodel may read files"
+    )
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     config = args.config or (Path(p) if (p := os.environ.get("MMSERVE_CONFIG")) else None)
-    overrides = {"host": args.host, "port": args.port, "log_level": args.log_level}
-    return load_settings(config, os.environ, overrides)
+    overrides = {
+        "host": args.host,
+        "port": args.port,
+        "log_level": args.log_level,
+        "max_loaded_models": args.max_loaded_models,
+        "max_memory": args.max_memory,
+        "model_dirs": args.model_dir,
+    }
+    settings = load_settings(config, os.environ, overrides)
+    if args.device and not args.model:
+        raise ConfigError("--device needs --model NAME: which model the replicas are of")
+    return select_models(settings, args.model, args.device) if args.model else settings
 
 
 def serve(settings: Settings) -> None:
@@ -54,8 +99,80 @@ def serve(settings: Settings) -> None:
     )
 
 
+# ---- client commands ---------------------------------------------------------------------------
+
+
+def _call(
+    args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None
+) -> Any:
+    """One request to the server; raises SystemExit with its error message on failure."""
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    try:
+        response = httpx.request(
+            method, args.url.rstrip("/") + path, json=body, headers=headers, timeout=None
+        )
+    except httpx.TransportError as exc:
+        raise SystemExit(f"mmserve: cannot reach {args.url}: {exc}") from None
+    data = response.json() if response.content else {}
+    if response.status_code >= 400:
+        message = (
+            data.get("error", {}).get("message", response.text) if isinstance(data, dict) else data
+        )
+        raise SystemExit(f"mmserve: {response.status_code}: {message}")
+    return data
+
+
+def ps(args: argparse.Namespace) -> None:
+    status = _call(args, "GET", "/api/v1/")
+    print(format_status(status))
+
+
+def format_status(status: dict[str, Any]) -> str:
+    rows = [("MODEL", "KIND", "STATE", "REPLICAS", "IN-FLIGHT", "MEMORY", "IDLE")]
+    for m in status["models"]:
+        replicas = " ".join(f"{r['pid']}@{r['device']}" for r in m["replicas"]) or "-"
+        memory = f"{m['resident_bytes'] / 2**20:.0f} MB" if m["resident_bytes"] else "-"
+        idle = f"{time.time() - m['last_used']:.0f} s" if m["last_used"] else "-"
+        rows.append((m["name"], m["kind"], m["state"], replicas, str(m["in_flight"]), memory, idle))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    return "\n".join(lines)
+
+
+def load(args: argparse.Namespace) -> None:
+    target = args.target
+    if target.endswith(".gguf") or os.sep in target:
+        body: dict[str, Any] = {
+            "llama_model_path": str(Path(target).resolve()),
+            "model_type": args.type,
+        }
+        for key, value in (
+            ("model_alias", args.alias),
+            ("ctx_len", args.ctx_len),
+            ("ngl", args.ngl),
+        ):
+            if value is not None:
+                body[key] = value
+    else:
+        body = {"model": target}
+    model = _call(args, "POST", "/loadmodel", body)
+    pids = ", ".join(str(r["pid"]) for r in model["replicas"])
+    print(f"{model['name']}: {model['state']} (pids {pids})")
+
+
+def unload(args: argparse.Namespace) -> None:
+    model = _call(args, "POST", "/unloadmodel", {"model": args.model})
+    print(f"{model['name']}: {model['state']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "serve":
+        {"ps": ps, "load": load, "unload": unload}[args.command](args)
+        return 0
     try:
         settings = settings_from(args)
     except ConfigError as exc:

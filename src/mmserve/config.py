@@ -24,16 +24,25 @@ from pydantic import (
 )
 
 from mmserve.backends import BACKENDS
-from mmserve.catalog import catalog_entry, is_catalog_source
+from mmserve.catalog import CATALOG_PREFIX, catalog_entry, is_catalog_source
 from mmserve.errors import ConfigError
 
-__all__ = ["DEFAULT_MODELS", "Kind", "ModelSpec", "Settings", "load_settings"]
+__all__ = [
+    "DEFAULT_MODELS",
+    "Kind",
+    "ModelSpec",
+    "Settings",
+    "load_settings",
+    "parse_bytes",
+    "select_models",
+]
 
 Kind = Literal["llm", "embedding", "vision", "http", "subprocess"]
 
 # Which backend serves a kind when the spec names none. Kinds absent here have no backend yet.
 DEFAULT_BACKEND: dict[str, str] = {"llm": "llama_cpp", "embedding": "sentence_transformers"}
-_DEVICE = re.compile(r"^(cpu|cuda:\d+)$")
+DEVICE_PATTERN = r"^(cpu|cuda:\d+)$"
+_DEVICE = re.compile(DEVICE_PATTERN)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 
 
@@ -57,6 +66,11 @@ class ModelSpec(_Strict):
     devices: list[str] = Field(default_factory=lambda: ["cpu"], min_length=1)
     replicas: int | None = Field(None, ge=1, description="shorthand for `devices: [cpu] * N`")
     options: dict[str, Any] = Field(default_factory=dict, description="passed to the backend")
+    keep_alive: float = Field(
+        300.0, ge=-1, description="seconds idle before unloading; -1 never, 0 after each request"
+    )
+    pinned: bool = Field(False, description="never evicted to make room for another model")
+    preload: bool = Field(True, description="load at start-up (else on the first request)")
 
     @field_validator("name", "aliases")
     @classmethod
@@ -88,6 +102,13 @@ class ModelSpec(_Strict):
         if not path.exists():
             raise ValueError(f"file not found: {path}")
         return str(path.resolve())
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _keep_alive(cls, value: float) -> float:
+        if value < 0 and value != -1:
+            raise ValueError("keep_alive is seconds (>= 0), or -1 for never")
+        return value
 
     @model_validator(mode="after")
     def _complete(self) -> ModelSpec:
@@ -141,7 +162,39 @@ class Settings(_Strict):
     port: int = Field(8000, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     load_timeout: float = Field(600.0, gt=0, description="seconds a model may take to load")
+    model_dirs: list[Path] = Field(
+        default_factory=list,
+        description="directories POST /loadmodel may load files from; none: loading by path is off",
+    )
+    max_loaded_models: int | None = Field(None, ge=1, description="models loaded at once")
+    max_memory: int | None = Field(
+        None, gt=0, description="bytes (or '8GiB', '512MB') of replicas' resident memory"
+    )
+    room_timeout: float = Field(
+        30.0, ge=0, description="seconds a load waits for busy models to free room"
+    )
+    drain_timeout: float = Field(
+        30.0, ge=0, description="seconds an unload waits for in-flight requests"
+    )
     models: list[ModelSpec] = Field(default_factory=list)
+
+    @field_validator("max_memory", mode="before")
+    @classmethod
+    def _memory(cls, value: object) -> object:
+        return parse_bytes(value) if isinstance(value, str) else value
+
+    @field_validator("model_dirs")
+    @classmethod
+    def _dirs(cls, dirs: list[Path], info: ValidationInfo) -> list[Path]:
+        base = (info.context or {}).get("base_dir")
+        resolved = [
+            (Path(base) / d if base and not d.is_absolute() else d).expanduser().resolve()
+            for d in dirs
+        ]
+        for path in resolved:
+            if not path.is_dir():
+                raise ValueError(f"not a directory: {path}")
+        return resolved
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:
@@ -154,8 +207,24 @@ class Settings(_Strict):
         return self
 
 
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_bytes(text: str) -> int:
+    """'8GiB' -> 8589934592; '512MB' -> 512000000; '1000' -> 1000."""
+    match = _SIZE.match(text)
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _UNITS:
+        raise ValueError(
+            f"{text!r} is not a size; write bytes, or a number with B, KB, MB, GB, KiB, MiB, GiB"
+        )
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
 ENV_PREFIX = "MMSERVE_"
-_ENV_FIELDS = ("host", "port", "log_level", "load_timeout")
+_ENV_FIELDS = ("host", "port", "log_level", "load_timeout", "max_loaded_models", "max_memory")
 
 
 def load_settings(
@@ -203,3 +272,34 @@ def _describe(exc: ValidationError) -> str:
         key = ".".join(str(part) for part in err["loc"]) or "(top level)"
         lines.append(f"{key}: {err['msg'].removeprefix('Value error, ')}")
     return "; ".join(lines)
+
+
+def select_models(settings: Settings, names: list[str], devices: list[str] | None) -> Settings:
+    """Serve only the models named (from the settings, or the built-in catalog), each with one
+    replica per device given: what `mmserve serve --model NAME --device cuda:0 cuda:1` asks."""
+    chosen = []
+    for name in names:
+        spec = next((m for m in settings.models if name in m.names), None)
+        data = spec.model_dump(exclude={"replicas"}) if spec else _catalog_spec(name)
+        if devices:
+            data["devices"] = devices
+        chosen.append(data)
+    try:
+        return Settings.model_validate({**settings.model_dump(), "models": chosen})
+    except ValidationError as exc:
+        raise ConfigError(f"--model/--device: {_describe(exc)}") from None
+
+
+def _catalog_spec(name: str) -> dict[str, Any]:
+    try:
+        entry = catalog_entry(CATALOG_PREFIX + name)
+    except ConfigError:
+        raise ConfigError(
+            f"--model {name}: not in the config file nor in the built-in catalog"
+        ) from None
+    return {
+        "name": name,
+        "kind": entry.kind,
+        "backend": entry.backend,
+        "source": CATALOG_PREFIX + name,
+    }

@@ -5,7 +5,10 @@
     |-- InvalidRequest                 400 invalid_request_error
     |   |-- UnsupportedCapability      400 invalid_request_error  code=unsupported_capability
     |   `-- ContextLengthExceeded      400 invalid_request_error  code=context_length_exceeded
+    |-- PermissionDenied               403 permission_error       code=forbidden
     |-- ModelNotFound                  404 invalid_request_error  code=model_not_found
+    |   `-- ModelFileNotFound          404 invalid_request_error  code=file_not_found
+    |-- Conflict                       409 invalid_request_error  code=conflict
     |-- ModelUnavailable               503 service_unavailable    code=model_unavailable
     |   |-- WorkerCrashed              503 service_unavailable    code=worker_crashed
     |   `-- RequestCancelled           503 service_unavailable    code=request_cancelled
@@ -23,11 +26,14 @@ from typing import Any, ClassVar
 __all__ = [
     "BackendError",
     "ConfigError",
+    "Conflict",
     "ContextLengthExceeded",
     "InvalidRequest",
     "MMServeError",
+    "ModelFileNotFound",
     "ModelNotFound",
     "ModelUnavailable",
+    "PermissionDenied",
     "RequestCancelled",
     "UnsupportedCapability",
     "WorkerCrashed",
@@ -90,6 +96,29 @@ class ModelNotFound(MMServeError):
     type = "invalid_request_error"
     code = "model_not_found"
     kind = "model_not_found"
+
+
+class ModelFileNotFound(ModelNotFound):
+    code = "file_not_found"
+    kind = "file_not_found"
+
+
+class PermissionDenied(MMServeError):
+    """The operator has not allowed this (a model path outside `model_dirs`...)."""
+
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+    kind = "forbidden"
+
+
+class Conflict(MMServeError):
+    """The request clashes with the server's current state (a name already in use...)."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+    kind = "conflict"
 
 
 class ModelUnavailable(MMServeError):

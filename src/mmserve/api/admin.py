@@ -6,15 +6,23 @@ import os
 from typing import Any
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
 
 from mmserve.api.openai import manager_of
+from mmserve.config import DEVICE_PATTERN
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["admin"])
+router = APIRouter(tags=["management"])
 
 
-@router.get("/health")
+class AddReplicaRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    device: str = Field(default="cpu", pattern=DEVICE_PATTERN, description="cpu or cuda:N")
+
+
+@router.get("/health", tags=["health"])
 async def health() -> dict[str, str]:
     """The process is alive and serving HTTP (says nothing about the models)."""
     return {"status": "ok"}
@@ -23,5 +31,31 @@ async def health() -> dict[str, str]:
 @router.get("/api/v1/")
 @router.get("/api/v1", include_in_schema=False)
 async def status(request: Request) -> dict[str, Any]:
-    """Every configured model: its state, its replicas (pid, device, memory...), its last error."""
-    return {"server": {"pid": os.getpid()}, "models": manager_of(request).status()}
+    """Every model: its state, its replicas (pid, device, memory...), its last error; the room."""
+    return {"server": {"pid": os.getpid()}, **manager_of(request).status()}
+
+
+@router.post("/api/v1/{model}/add")
+async def add_replica(
+    model: str, request: Request, body: AddReplicaRequest | None = None
+) -> dict[str, Any]:
+    """One more replica of `model` on a device (default cpu); loads the model if none runs."""
+    target = manager_of(request).get(model)
+    await target.add_replica((body or AddReplicaRequest()).device)
+    return target.status()
+
+
+@router.post("/api/v1/{model}/remove")
+async def remove_replica(model: str, request: Request) -> dict[str, Any]:
+    """One fewer replica: the least busy one, once its in-flight requests finish."""
+    target = manager_of(request).get(model)
+    await target.remove_replica()
+    return target.status()
+
+
+@router.post("/api/v1/{model}/activate")
+async def activate(model: str, request: Request) -> dict[str, Any]:
+    """Load `model` if no replica runs; otherwise nothing."""
+    target = manager_of(request).get(model)
+    await target.ensure_ready()
+    return target.status()

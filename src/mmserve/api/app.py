@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
 from mmserve import __version__
-from mmserve.api import admin, openai
+from mmserve.api import admin, compat, openai
 from mmserve.config import Settings
 from mmserve.engine.manager import ModelManager
 from mmserve.errors import InvalidRequest, MMServeError
@@ -31,6 +31,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(openai.router, include_in_schema=False)  # the same routes without /v1
     app.include_router(openai.engines_router)
     app.include_router(admin.router)
+    app.include_router(compat.router)
     app.add_exception_handler(MMServeError, on_mmserve_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, on_validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, on_http_error)  # type: ignore[arg-type]

@@ -45,21 +45,17 @@ async def prime(items: AsyncIterator[T]) -> AsyncIterator[T]:
     return chain()
 
 
-async def _generate(
+def _complete(
     manager: ModelManager, body: wire.CompletionRequest, prompt: str
 ) -> AsyncIterator[TextEvent]:
-    replica = await manager.replica(body.model, "complete")
-    async for event in replica.generate("complete", convert.completion_request(body, prompt)):
-        yield event
+    return manager.generate(body.model, "complete", convert.completion_request(body, prompt))
 
 
 @router.post("/chat/completions", response_model=wire.ChatCompletion)
 async def chat_completions(
     body: wire.ChatCompletionRequest, request: Request
 ) -> Response | wire.ChatCompletion:
-    engine_request = convert.chat_request(body)
-    replica = await manager_of(request).replica(body.model, "chat")
-    events = replica.generate("chat", engine_request)
+    events = manager_of(request).generate(body.model, "chat", convert.chat_request(body))
     if body.stream:
         return event_stream(
             convert.chat_chunks(await prime(events), body.model, body.include_usage)
@@ -80,14 +76,14 @@ async def chat_completions(
 async def completions(body: wire.CompletionRequest, request: Request) -> Response | wire.Completion:
     manager = manager_of(request)
     if body.stream:
-        streams = [(p, _generate(manager, body, p)) for p in body.prompts]
+        streams = [(p, _complete(manager, body, p)) for p in body.prompts]
         streams[0] = (streams[0][0], await prime(streams[0][1]))
         return event_stream(
             convert.completion_chunks(streams, body.model, body.include_usage, body.echo)
         )
     # Several prompts run side by side: each goes to the least busy replica.
     results = await asyncio.gather(
-        *(convert.collect(_generate(manager, body, p)) for p in body.prompts)
+        *(convert.collect(_complete(manager, body, p)) for p in body.prompts)
     )
     choices = [
         wire.CompletionChoice(
@@ -107,14 +103,14 @@ async def completions(body: wire.CompletionRequest, request: Request) -> Respons
 
 @router.post("/embeddings", response_model=wire.EmbeddingResponse)
 async def embeddings(body: wire.EmbeddingRequest, request: Request) -> wire.EmbeddingResponse:
-    replica = await manager_of(request).replica(body.model, "embed")
-    dimensions = replica.info.dimensions
-    if body.dimensions is not None and body.dimensions != dimensions:
-        raise InvalidRequest(
-            f"model {body.model!r} gives {dimensions} dimensions, not {body.dimensions}",
-            param="dimensions",
-        )
-    result = await replica.embed(EmbedRequest(inputs=body.inputs))
+    async with manager_of(request).lease(body.model, "embed") as replica:
+        dimensions = replica.info.dimensions
+        if body.dimensions is not None and body.dimensions != dimensions:
+            raise InvalidRequest(
+                f"model {body.model!r} gives {dimensions} dimensions, not {body.dimensions}",
+                param="dimensions",
+            )
+        result = await replica.embed(EmbedRequest(inputs=body.inputs))
     return convert.embedding_response(result, body.model, body.encoding_format)
 
 

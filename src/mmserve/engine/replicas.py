@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Literal
 
 import psutil
@@ -50,8 +51,9 @@ def backend_spec(spec: ModelSpec, device: str) -> BackendSpec:
 class ProcessReplica:
     """One replica of an llm or embedding model: its own child process on one device.
 
-    `in_flight` counts requests sent and not yet finished; the manager reads it to pick the
-    least busy replica. Only the event loop's thread touches it, so it needs no lock.
+    `in_flight` counts requests leased to it and not yet finished (see `Model.lease`); the model
+    reads it to pick the least busy replica and to drain before a stop. Only the event loop's
+    thread touches it, so it needs no lock.
     """
 
     def __init__(
@@ -64,6 +66,8 @@ class ProcessReplica:
         self.device = device
         self.in_flight = 0
         self.requests_served = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.loaded_at: float | None = None
         self.load_seconds: float | None = None
         self.worker = WorkerProcess(
@@ -96,36 +100,52 @@ class ProcessReplica:
             return int(psutil.Process(self.pid).memory_info().rss)
         return None
 
+    def status(self) -> dict[str, object]:
+        return {
+            "pid": self.pid,
+            "device": self.device,
+            "in_flight": self.in_flight,
+            "requests_served": self.requests_served,
+            "resident_bytes": self.resident_bytes(),
+            "loaded_at": self.loaded_at,
+            "load_seconds": self.load_seconds,
+        }
+
+    def acquire(self) -> None:
+        """Count one more request; the model's lease calls this and `release`."""
+        self.in_flight += 1
+        self._idle.clear()
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self.requests_served += 1
+        if self.in_flight == 0:
+            self._idle.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until no request is in flight (at most `timeout` s); True if it drained."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
     async def generate(
         self, op: TextOp, request: ChatRequest | CompletionRequest
     ) -> AsyncGenerator[TextEvent, None]:
         """Stream one generation: TextDelta events, then one TextDone."""
-        async with (
-            self._counted(),
-            contextlib.aclosing(self.worker.request(op, request.model_dump())) as replies,
-        ):
+        replies = self.worker.request(op, request.model_dump())
+        async with contextlib.aclosing(replies):
             async for reply in replies:
-                yield (
-                    TextDelta.model_validate(reply.data)
-                    if isinstance(reply, Chunk)
-                    else TextDone.model_validate(reply.data)
-                )
+                if isinstance(reply, Chunk):
+                    yield TextDelta.model_validate(reply.data)
+                else:
+                    yield TextDone.model_validate(reply.data)
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
-        async with (
-            self._counted(),
-            contextlib.aclosing(self.worker.request("embed", request.model_dump())) as replies,
-        ):
+        replies = self.worker.request("embed", request.model_dump())
+        async with contextlib.aclosing(replies):
             async for reply in replies:
                 if isinstance(reply, Result):
                     return EmbedResult.model_validate(reply.data)
         raise BackendError("the worker ended an embedding request without a result")
-
-    @contextlib.asynccontextmanager
-    async def _counted(self) -> AsyncIterator[None]:
-        self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
-            self.requests_served += 1

@@ -1,0 +1,101 @@
+"""Compatibility routes for clients of the servers mmserve replaces: thin aliases onto the engine.
+
+`POST /loadmodel` and `POST /unloadmodel` keep the body fields those clients send
+(`llama_model_path`, `model_alias`, `ctx_len`, `ngl`, `model_type`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mmserve.api.openai import manager_of
+from mmserve.config import ModelSpec
+from mmserve.engine.manager import ModelManager
+from mmserve.engine.model import Model
+from mmserve.engine.sources import checked_model_path
+from mmserve.errors import Conflict, InvalidRequest
+
+__all__ = ["LoadModelRequest", "UnloadModelRequest", "router"]
+
+router = APIRouter(tags=["management"])
+
+
+class LoadModelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, description="a configured model to load, by name or alias")
+    llama_model_path: str | None = Field(None, description="a model file inside model_dirs")
+    model_alias: str | None = Field(None, description="the name to serve it under")
+    ctx_len: int | None = Field(None, gt=0, description="context length in tokens")
+    ngl: int | None = Field(None, ge=-1, description="layers offloaded to the GPU (-1: all)")
+    model_type: Literal["llm", "embedding", "vision"] = "llm"
+
+
+class UnloadModelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+
+
+@router.post("/loadmodel")
+async def load_model(body: LoadModelRequest, request: Request) -> dict[str, Any]:
+    """Load a configured model, or register and load a model file; reply with its status."""
+    manager = manager_of(request)
+    model = manager.get(body.model) if body.model else _register(manager, body)
+    await model.ensure_ready()
+    return model.status()
+
+
+@router.post("/unloadmodel")
+async def unload_model(body: UnloadModelRequest, request: Request) -> dict[str, Any]:
+    """Stop every replica of a model (each child exits); it stays configured, unloaded."""
+    model = manager_of(request).get(body.model)
+    await model.unload()
+    return model.status()
+
+
+def _register(manager: ModelManager, body: LoadModelRequest) -> Model:
+    """The model a path names: the one already registered from that file, or a new one."""
+    if body.llama_model_path is None:
+        raise InvalidRequest(
+            "give `model` (a configured model) or `llama_model_path`", param="model"
+        )
+    if body.model_type == "vision":
+        raise InvalidRequest(
+            "vision models cannot be loaded by path in this version", param="model_type"
+        )
+    settings = manager.settings
+    path = checked_model_path(body.llama_model_path, settings.model_dirs, gguf=True)
+    name = body.model_alias or path.stem
+    existing = manager.models.get(name)
+    if existing is not None:
+        if existing.spec.source != str(path):
+            raise Conflict(
+                f"model {name!r} already serves {existing.spec.source}; choose another model_alias"
+            )
+        return existing
+    return manager.register(_spec(name, path, body))
+
+
+def _spec(name: str, path: Path, body: LoadModelRequest) -> ModelSpec:
+    fields: dict[str, Any] = {
+        "name": name,
+        "kind": body.model_type,
+        "backend": "llama_cpp",
+        "source": str(path),
+    }
+    if body.ctx_len is not None:
+        fields["context_length"] = body.ctx_len
+    if body.ngl is not None:
+        fields["gpu_layers"] = body.ngl
+    try:
+        return ModelSpec.model_validate(fields)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise InvalidRequest(
+            f"{'.'.join(map(str, error['loc']))}: {error['msg']}", param="model_alias"
+        ) from None

@@ -1,0 +1,337 @@
+"""One model: its spec, its replicas, and its lifecycle. The model owns its state.
+
+Callers use `lease()` (or `ensure_ready()`), never `state`, to decide anything.
+
+    state       entered when                          a request (ensure_ready) ...
+    unloaded    at start; after an unload; after      starts one load and waits for it
+                the last replica crashed
+    loading     a load runs (room first, then the     waits for that same load
+                replicas' processes)
+    ready       every replica of the load is up       is served at once
+    failed      the last load failed                  gets 503 with the reason; loads again
+                                                      after RETRY_FAILED_AFTER seconds
+    unloading   an unload drains, then stops the      waits for it to end, then loads afresh
+                replicas
+
+Only one lifecycle task (a load or an unload) runs at a time: `_task`. Everything here runs on
+the event loop's thread, so plain attributes need no lock; the points where a request could race
+a transition are marked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from mmserve.catalog import catalog_entry, is_catalog_source
+from mmserve.config import ModelSpec
+from mmserve.engine.logs import ModelLog
+from mmserve.engine.replicas import ProcessReplica
+from mmserve.engine.types import Capability
+from mmserve.errors import (
+    Conflict,
+    MMServeError,
+    ModelUnavailable,
+    UnsupportedCapability,
+)
+
+__all__ = ["KNOWN_CAPABILITIES", "Model", "ModelState", "estimate_bytes"]
+
+RETRY_FAILED_AFTER = 10.0
+KNOWN_CAPABILITIES: tuple[Capability, ...] = ("chat", "complete", "embed")
+# What a replica process costs beyond its weights (Python, the engine, buffers): a rough guess
+# used only before a model has been loaded once; after that its measured size is used.
+PROCESS_OVERHEAD = 150 * 2**20
+
+_WHAT = {"chat": "chat (/v1/chat/completions)", "complete": "text completion (/v1/completions)",
+         "embed": "embeddings (/v1/embeddings)"}  # fmt: skip
+
+MakeRoom = Callable[["Model"], Awaitable[None]]
+
+
+class ModelState(StrEnum):
+    UNLOADED = "unloaded"
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+    UNLOADING = "unloading"
+
+
+class Model:
+    """A configured model and its replicas (see the module doc for its states)."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        load_timeout: float,
+        drain_timeout: float,
+        make_room: MakeRoom,
+        on_change: Callable[[], None],
+    ) -> None:
+        self.spec = spec
+        self.load_timeout = load_timeout
+        self.drain_timeout = drain_timeout
+        self._make_room = make_room
+        self._on_change = on_change  # told when requests end or memory is freed (room waiters)
+        self.state = ModelState.UNLOADED
+        self.replicas: list[ProcessReplica] = []
+        self.in_flight = 0
+        self.loads = 0
+        self.last_error: str | None = None
+        self.last_used: float = 0.0
+        self.log = ModelLog(spec.name)
+        self._measured_bytes: int | None = None
+        self._failed_at = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._expiry: asyncio.Task[None] | None = None
+
+    # ---- what callers ask --------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self.state is ModelState.READY
+
+    @property
+    def busy(self) -> bool:
+        """Requests in flight or a transition running: not a candidate for eviction."""
+        return self.in_flight > 0 or self.state in (ModelState.LOADING, ModelState.UNLOADING)
+
+    @property
+    def resident(self) -> bool:
+        """Holds (or is about to hold) memory: counts against max_loaded_models."""
+        return self.state in (ModelState.LOADING, ModelState.READY, ModelState.UNLOADING)
+
+    @property
+    def capabilities(self) -> list[Capability]:
+        """What the loaded model announced, limited to what this server knows how to route."""
+        announced = self.replicas[0].info.capabilities if self.replicas else []
+        return [c for c in KNOWN_CAPABILITIES if c in announced]
+
+    def resident_bytes(self) -> int:
+        return sum(r.resident_bytes() or 0 for r in self.replicas)
+
+    def estimated_bytes(self, replicas: int | None = None) -> int:
+        """Memory a load will take: as measured last time, else weights plus process overhead."""
+        count = replicas or len(self.spec.devices)
+        if self._measured_bytes is not None:
+            return self._measured_bytes // max(1, len(self.spec.devices)) * count
+        return estimate_bytes(self.spec) * count
+
+    # ---- requests ----------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lease(self, capability: Capability) -> AsyncIterator[ProcessReplica]:
+        """The least busy ready replica for one request, held until the request ends.
+
+        Loads the model first if needed. While a lease is held the model is busy: it is
+        neither evicted nor unloaded for idleness, and a drain waits for it.
+        """
+        await self.ensure_ready()
+        # No await between ensure_ready() and acquire(): nothing can unload the model here.
+        replica = self._pick(capability)
+        replica.acquire()
+        self.in_flight += 1
+        self._cancel_expiry()
+        try:
+            yield replica
+        finally:
+            replica.release()
+            self.in_flight -= 1
+            self.last_used = time.time()
+            self._arm_expiry()
+            self._on_change()
+
+    async def ensure_ready(self) -> None:
+        """Return once the model can serve; load it if needed (one load, however many callers).
+
+        Raises ModelUnavailable with the reason when the load fails or finds no room.
+        """
+        if self.state is ModelState.UNLOADING and self._task is not None:
+            await asyncio.shield(self._task)  # let the unload finish, then load afresh
+        if self.ready:
+            return
+        recently = time.monotonic() - self._failed_at < RETRY_FAILED_AFTER
+        if self.state is ModelState.FAILED and recently:
+            raise ModelUnavailable(f"model {self.spec.name!r} failed to load: {self.last_error}")
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._load(self.spec.devices))
+        # shield: a caller that gives up (its client left) must not cancel the load others await.
+        await asyncio.shield(self._task)
+        if not self.ready:
+            raise ModelUnavailable(f"model {self.spec.name!r} is not available: {self.last_error}")
+
+    def _pick(self, capability: Capability) -> ProcessReplica:
+        if capability not in self.capabilities:
+            can = ", ".join(_WHAT[c] for c in self.capabilities) or "nothing"
+            raise UnsupportedCapability(
+                f"model {self.spec.name!r} does not support {_WHAT[capability]}; it serves: {can}"
+            )
+        live = [r for r in self.replicas if r.alive]
+        if not live:
+            raise ModelUnavailable(f"model {self.spec.name!r} has no running replica")
+        return min(live, key=lambda r: r.in_flight)
+
+    # ---- management --------------------------------------------------------------------------
+
+    async def unload(self) -> None:
+        """Drain in-flight requests (up to drain_timeout), then stop every replica. Idempotent."""
+        await self._settle()
+        if self.state is ModelState.FAILED:
+            self.state = ModelState.UNLOADED
+        if not self.ready:
+            return
+        self._task = asyncio.create_task(self._unload())
+        await asyncio.shield(self._task)
+
+    async def add_replica(self, device: str) -> None:
+        """One more replica on `device`; if none is loaded, this loads the model there."""
+        await self._settle()
+        if not self.ready:
+            self._task = asyncio.create_task(self._load([device]))
+            await asyncio.shield(self._task)
+            if not self.ready:
+                raise ModelUnavailable(f"model {self.spec.name!r} did not load: {self.last_error}")
+            return
+        replica = self._new_replica(device)
+        await replica.start(self.load_timeout)
+        self.replicas.append(replica)
+        self.log.event(f"replica added: pid {replica.pid} on {device}")
+
+    async def remove_replica(self) -> None:
+        """One fewer replica: the least busy, after its in-flight requests finish."""
+        await self._settle()
+        if not self.ready or not self.replicas:
+            raise Conflict(f"model {self.spec.name!r} has no replica to remove")
+        if len(self.replicas) == 1:
+            await self.unload()
+            return
+        replica = min(self.replicas, key=lambda r: r.in_flight)
+        self.replicas.remove(replica)  # no new requests reach it from here on
+        await replica.drain(self.drain_timeout)
+        await replica.stop()
+        self.log.event(f"replica removed: pid {replica.pid}")
+        self._on_change()
+
+    async def _settle(self) -> None:
+        """Wait for a running load or unload to end (its errors are its callers')."""
+        if self._task is not None and not self._task.done():
+            with contextlib.suppress(MMServeError):
+                await asyncio.shield(self._task)
+
+    # ---- transitions (run as `_task`) --------------------------------------------------------
+
+    async def _load(self, devices: list[str]) -> None:
+        self.state = ModelState.LOADING
+        self.loads += 1
+        try:
+            await self._make_room(self)
+        except ModelUnavailable as exc:  # no room: nothing was started, nothing to undo
+            self.state = ModelState.UNLOADED
+            self.last_error = exc.message
+            self.log.event(exc.message)
+            return
+        self.log.event(f"loading on {', '.join(devices)}")
+        replicas = [self._new_replica(d) for d in devices]
+        started = [r.start(self.load_timeout) for r in replicas]
+        results = await asyncio.gather(*started, return_exceptions=True)
+        errors = [e for e in results if isinstance(e, BaseException)]
+        if errors:
+            await asyncio.gather(*(r.stop() for r in replicas))
+            self._fail(str(errors[0]))
+            return
+        self.replicas = replicas
+        self.state = ModelState.READY
+        self.last_used = time.time()
+        self.log.event(f"ready: pids {', '.join(str(r.pid) for r in replicas)}")
+        self._arm_expiry()
+
+    async def _unload(self) -> None:
+        self.state = ModelState.UNLOADING
+        self._cancel_expiry()
+        self._measured_bytes = self.resident_bytes() or self._measured_bytes
+        replicas, self.replicas = self.replicas, []
+        drained = await asyncio.gather(*(r.drain(self.drain_timeout) for r in replicas))
+        if not all(drained):
+            self.log.event(f"requests still running after {self.drain_timeout:.0f} s: stopping")
+        await asyncio.gather(*(r.stop() for r in replicas))
+        self.state = ModelState.UNLOADED
+        self.log.event("unloaded")
+        self._on_change()
+
+    def _new_replica(self, device: str) -> ProcessReplica:
+        return ProcessReplica(self.spec, device, self.log, self._on_replica_exit)
+
+    def _fail(self, reason: str) -> None:
+        self.state = ModelState.FAILED
+        self.last_error = reason
+        self._failed_at = time.monotonic()
+        self.log.event(f"failed: {reason}")
+        self._on_change()
+
+    def _on_replica_exit(self, replica: ProcessReplica) -> None:
+        if replica.worker.stopping or replica not in self.replicas:
+            return
+        self.replicas.remove(replica)
+        self.last_error = f"replica pid {replica.pid} exited with code {replica.worker.returncode}"
+        self.log.event(f"crashed: {self.last_error}")
+        if not self.replicas and self.ready:
+            self.state = ModelState.UNLOADED  # the next request loads it afresh
+            self._cancel_expiry()
+            self._on_change()
+
+    # ---- idle unload (keep_alive) ------------------------------------------------------------
+
+    def _arm_expiry(self) -> None:
+        """(Re)start the keep-alive countdown once the model is idle; -1 means never."""
+        self._cancel_expiry()
+        if self.spec.keep_alive >= 0 and self.in_flight == 0 and self.ready:
+            self._expiry = asyncio.create_task(self._expire(self.spec.keep_alive))
+
+    def _cancel_expiry(self) -> None:
+        # The expiry task itself calls unload(), which comes back here: never cancel oneself.
+        if self._expiry is not None and self._expiry is not asyncio.current_task():
+            self._expiry.cancel()
+        self._expiry = None
+
+    async def _expire(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self.in_flight == 0 and self.ready:
+            self.log.event(f"idle for {delay:g} s (keep_alive): unloading")
+            await self.unload()
+
+    # ---- status ------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.spec.name,
+            "aliases": self.spec.aliases,
+            "kind": self.spec.kind,
+            "backend": self.spec.backend,
+            "state": self.state.value,
+            "capabilities": self.capabilities,
+            "in_flight": self.in_flight,
+            "loads": self.loads,
+            "pinned": self.spec.pinned,
+            "keep_alive": self.spec.keep_alive,
+            "last_error": self.last_error,
+            "last_used": self.last_used or None,
+            "resident_bytes": self.resident_bytes(),
+            "replicas": [r.status() for r in self.replicas],
+        }
+
+
+def estimate_bytes(spec: ModelSpec) -> int:
+    """Weights on disk plus a process's overhead: one replica's memory before it was measured."""
+    if spec.source is None:
+        return PROCESS_OVERHEAD
+    if is_catalog_source(spec.source):
+        return catalog_entry(spec.source).size_mb * 2**20 + PROCESS_OVERHEAD
+    path = Path(spec.source)
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files) + PROCESS_OVERHEAD
