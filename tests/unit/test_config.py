@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mmserve.config import DEFAULT_MODELS, load_settings
+from mmserve.config import DEFAULT_MODELS, load_settings, parse_bytes, select_models
 from mmserve.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,3 +112,41 @@ def test_duplicate_names_and_aliases(tmp_path: Path) -> None:
 def test_yaml_that_is_not_a_mapping(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_settings(write(tmp_path, "- a\n- b\n"), env={})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1000", 1000), ("512MB", 512 * 10**6), ("8GiB", 8 * 2**30), ("1.5 gb", 15 * 10**8)],
+)
+def test_sizes(text: str, expected: int) -> None:
+    assert parse_bytes(text) == expected
+
+
+def test_room_settings(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, f"max_loaded_models: 2\nmax_memory: 4GiB\nmodel_dirs: [{tmp_path}]\nmodels: []\n"
+    )
+    settings = load_settings(path, env={})
+    assert (settings.max_loaded_models, settings.max_memory) == (2, 4 * 2**30)
+    assert settings.model_dirs == [tmp_path.resolve()]
+    with pytest.raises(ConfigError, match="not a size"):
+        load_settings(write(tmp_path, "max_memory: lots\nmodels: []\n"), env={})
+    with pytest.raises(ConfigError, match="not a directory"):
+        load_settings(write(tmp_path, "model_dirs: [/nonexistent]\nmodels: []\n"), env={})
+
+
+def test_keep_alive_values(tmp_path: Path) -> None:
+    ok = write(tmp_path, "models:\n  - {name: a, kind: llm, backend: fake, keep_alive: -1}\n")
+    assert load_settings(ok, env={}).models[0].keep_alive == -1
+    bad = write(tmp_path, "models:\n  - {name: a, kind: llm, backend: fake, keep_alive: -5}\n")
+    with pytest.raises(ConfigError, match="keep_alive"):
+        load_settings(bad, env={})
+
+
+def test_select_models_with_devices() -> None:
+    settings = select_models(load_settings(None, env={}), ["smollm2"], ["cuda:0", "cuda:1"])
+    (spec,) = settings.models
+    assert spec.name == "smollm2" and spec.devices == ["cuda:0", "cuda:1"] and spec.replicas == 2
+    assert select_models(settings, ["smollm2"], ["cpu", "cpu"]).models[0].devices == ["cpu", "cpu"]
+    with pytest.raises(ConfigError, match="nor in the built-in catalog"):
+        select_models(settings, ["gpt-9"], None)

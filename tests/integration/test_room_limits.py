@@ -1,0 +1,46 @@
+"""When no room can be made, the request gets a 503 that says why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+
+def start(server_factory, tmp_path: Path, config: str):  # type: ignore[no-untyped-def]
+    path = tmp_path / "config.yaml"
+    path.write_text(config)
+    server = server_factory(path)
+    server.wait_models()
+    return server
+
+
+def chat(server, model: str) -> httpx.Response:  # type: ignore[no-untyped-def]
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+    return httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30)
+
+
+def test_a_pinned_model_is_never_evicted(server_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server = start(
+        server_factory,
+        tmp_path,
+        "max_loaded_models: 1\nroom_timeout: 0.5\nmodels:\n"
+        "  - {name: p, kind: llm, backend: fake, pinned: true}\n"
+        "  - {name: q, kind: llm, backend: fake, preload: false}\n",
+    )
+    response = chat(server, "q")
+    assert response.status_code == 503
+    message = response.json()["error"]["message"]
+    assert "no room to load model 'q'" in message and "p (pinned)" in message
+    assert chat(server, "p").status_code == 200
+
+
+def test_a_model_bigger_than_max_memory(server_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server = start(
+        server_factory,
+        tmp_path,
+        "max_memory: 100MB\nmodels:\n  - {name: r, kind: llm, backend: fake, preload: false}\n",
+    )
+    response = chat(server, "r")
+    assert response.status_code == 503
+    assert "needs about" in response.json()["error"]["message"]
