@@ -134,7 +134,7 @@ def test_unload_ends_the_process(server) -> None:  # type: ignore[no-untyped-def
 def test_memory_does_not_grow_over_load_unload_cycles(server_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     config = tmp_path / "cycles.yaml"
     config.write_text(
-        'models:\n  - {name: smollm2, kind: llm, source: "catalog:smollm2", preload: false, threads: 1}\n'
+        'models:\n  - {name: smollm2, kind: llm, source: "catalog:smollm2", preload: false}\n'
     )
     server = server_factory(config)
     process = psutil.Process(server.proc.pid)
