@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -62,6 +62,21 @@ class ServerProcess:
 
     def status(self) -> dict:
         return httpx.get(f"{self.url}/api/v1/", timeout=10).json()
+
+    def model(self, name: str) -> dict:
+        """One model's entry in the status."""
+        return next(m for m in self.status()["models"] if m["name"] == name)
+
+    def post(self, path: str, body: dict | None = None, timeout: float = 300) -> httpx.Response:
+        return httpx.post(f"{self.url}{path}", json=body, timeout=timeout)
+
+    @staticmethod
+    def wait_until(predicate: Callable[[], bool], timeout: float = 30) -> None:
+        """Poll `predicate` every 50 ms until it holds; fail the test after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, f"still false after {timeout} s"
+            time.sleep(0.05)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:]

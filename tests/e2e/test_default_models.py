@@ -15,7 +15,7 @@ QUESTION = [{"role": "user", "content": "What is the capital of France? Answer i
 
 
 @pytest.fixture(scope="module")
-def server(server_factory):  # type: ignore[no-untyped-def]
+def server(server_factory):
     server = server_factory(None)  # no config: the built-in defaults
     models = server.wait_models(timeout=600)
     assert all(m["state"] == "ready" for m in models), models
@@ -23,7 +23,7 @@ def server(server_factory):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def client(server) -> openai.OpenAI:  # type: ignore[no-untyped-def]
+def client(server) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
@@ -63,7 +63,7 @@ def test_gemma_cannot_chat_and_says_so(client: openai.OpenAI) -> None:
         client.chat.completions.create(model="gemma3-270m", messages=QUESTION)
 
 
-def test_embeddings_float_and_base64(client: openai.OpenAI, server) -> None:  # type: ignore[no-untyped-def]
+def test_embeddings_float_and_base64(client: openai.OpenAI, server) -> None:
     texts = ["The cat sat on the mat", "A cat was sitting on a mat", "Stock prices fell sharply"]
     floats = client.embeddings.create(model="minilm", input=texts, encoding_format="float")
     raw = httpx.post(
@@ -80,7 +80,7 @@ def test_embeddings_float_and_base64(client: openai.OpenAI, server) -> None:  # 
     assert cosine(cat, cat2) > cosine(cat, stocks)
 
 
-def test_each_model_runs_in_its_own_process(server) -> None:  # type: ignore[no-untyped-def]
+def test_each_model_runs_in_its_own_process(server) -> None:
     status = server.status()
     pids = [r["pid"] for m in status["models"] for r in m["replicas"]]
     assert len(pids) == 3 and len(set(pids)) == 3 and status["server"]["pid"] not in pids

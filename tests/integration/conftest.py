@@ -29,7 +29,7 @@ models:
 
 
 @pytest.fixture(scope="session")
-def fake_server(server_factory, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def fake_server(server_factory, tmp_path_factory: pytest.TempPathFactory):
     config: Path = tmp_path_factory.mktemp("config") / "fake.yaml"
     config.write_text(FAKE_CONFIG)
     server = server_factory(config)

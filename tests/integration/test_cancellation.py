@@ -8,7 +8,7 @@ import httpx
 import openai
 
 
-def test_disconnect_mid_stream_frees_the_worker(fake_server) -> None:  # type: ignore[no-untyped-def]
+def test_disconnect_mid_stream_frees_the_worker(fake_server) -> None:
     # "slow" has one replica that runs one request at a time at 20 tokens/s: 400 tokens would
     # hold it for 20 s if the disconnect did not cancel the generation.
     body = {

@@ -8,7 +8,7 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def client(fake_server) -> openai.OpenAI:  # type: ignore[no-untyped-def]
+def client(fake_server) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{fake_server.url}/v1", api_key="unused", max_retries=0)
 
 
@@ -21,7 +21,7 @@ def envelope(response: httpx.Response) -> dict:
 def chat(client: openai.OpenAI, model: str, content: str = "hi", **kwargs: object) -> object:
     return client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": content}], **kwargs
-    )  # type: ignore[call-overload]
+    )
 
 
 def test_unknown_model_is_404_naming_the_available_ones(client: openai.OpenAI) -> None:
@@ -90,7 +90,7 @@ def test_prompt_longer_than_the_context(client: openai.OpenAI) -> None:
 )
 def test_bad_chat_fields_are_400_naming_the_field(
     fake_server, body: dict, param: str, words: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     response = httpx.post(f"{fake_server.url}/v1/chat/completions", json=body)
     assert response.status_code == 400
     error = envelope(response)
@@ -105,7 +105,7 @@ def test_bad_chat_fields_are_400_naming_the_field(
         ("/v1/completions", b"[1, 2]"),
     ],
 )
-def test_malformed_bodies_are_400(fake_server, path: str, content: bytes) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_bodies_are_400(fake_server, path: str, content: bytes) -> None:
     response = httpx.post(
         f"{fake_server.url}{path}", content=content, headers={"content-type": "application/json"}
     )
@@ -113,13 +113,13 @@ def test_malformed_bodies_are_400(fake_server, path: str, content: bytes) -> Non
     assert envelope(response)["type"] == "invalid_request_error"
 
 
-def test_unknown_route_is_404_in_the_envelope(fake_server) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_route_is_404_in_the_envelope(fake_server) -> None:
     assert envelope(httpx.get(f"{fake_server.url}/v1/nothing-here"))["code"] == "not_found"
 
 
 def test_a_crashed_worker_is_503_and_the_next_request_succeeds(
     client: openai.OpenAI, fake_server
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     with pytest.raises(openai.InternalServerError) as info:
         chat(client, "slow", "crash")
     assert info.value.status_code == 503 and info.value.code == "worker_crashed"
@@ -132,7 +132,7 @@ def test_a_crashed_worker_is_503_and_the_next_request_succeeds(
 
 def test_a_crash_mid_stream_ends_with_an_error_event(client: openai.OpenAI) -> None:
     with pytest.raises(openai.APIError):
-        for _ in chat(client, "slow", "crash", stream=True):  # type: ignore[attr-defined]
+        for _ in chat(client, "slow", "crash", stream=True):
             pass
 
 

@@ -6,7 +6,6 @@ import asyncio
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -35,41 +34,26 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(server_factory, models_dir: Path):  # type: ignore[no-untyped-def]
+def server(server_factory, models_dir: Path):
     config = models_dir.parent / "managed.yaml"
     config.write_text(CONFIG.format(models=models_dir))
     return server_factory(config)
 
 
-def model(server, name: str) -> dict:  # type: ignore[no-untyped-def]
-    return next(m for m in server.status()["models"] if m["name"] == name)
-
-
-def post(server, path: str, body: dict | None = None) -> httpx.Response:  # type: ignore[no-untyped-def]
-    return httpx.post(f"{server.url}{path}", json=body, timeout=60)
-
-
-def chat(server, name: str, text: str = "hi", max_tokens: int = 4) -> httpx.Response:  # type: ignore[no-untyped-def]
+def chat(server, name: str, text: str = "hi", max_tokens: int = 4) -> httpx.Response:
     body = {
         "model": name,
         "max_tokens": max_tokens,
         "messages": [{"role": "user", "content": text}],
     }
-    return post(server, "/v1/chat/completions", body)
+    return server.post("/v1/chat/completions", body)
 
 
-def wait_for(predicate, timeout: float = 15) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
-def test_nothing_is_loaded_until_asked(server) -> None:  # type: ignore[no-untyped-def]
+def test_nothing_is_loaded_until_asked(server) -> None:
     assert {m["state"] for m in server.status()["models"]} == {"unloaded"}
 
 
-def test_on_demand_load_happens_once_for_concurrent_requests(server) -> None:  # type: ignore[no-untyped-def]
+def test_on_demand_load_happens_once_for_concurrent_requests(server) -> None:
     async def burst() -> list[int]:
         async with openai.AsyncOpenAI(
             base_url=f"{server.url}/v1", api_key="x", max_retries=0
@@ -85,25 +69,25 @@ def test_on_demand_load_happens_once_for_concurrent_requests(server) -> None:  #
         return [len(r.choices) for r in replies]
 
     assert asyncio.run(burst()) == [1] * 8
-    a = model(server, "a")
+    a = server.model("a")
     assert a["state"] == "ready" and a["loads"] == 1
 
 
-def test_load_unload_and_the_pid_is_gone(server) -> None:  # type: ignore[no-untyped-def]
-    loaded = post(server, "/loadmodel", {"model": "c"}).json()
+def test_load_unload_and_the_pid_is_gone(server) -> None:
+    loaded = server.post("/loadmodel", {"model": "c"}).json()
     assert loaded["state"] == "ready"
     pid = loaded["replicas"][0]["pid"]
     assert psutil.pid_exists(pid)
-    unloaded = post(server, "/unloadmodel", {"model": "c"}).json()
+    unloaded = server.post("/unloadmodel", {"model": "c"}).json()
     assert unloaded["state"] == "unloaded" and unloaded["replicas"] == []
-    wait_for(
+    server.wait_until(
         lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     )
 
 
-def test_add_and_remove_replicas(server) -> None:  # type: ignore[no-untyped-def]
-    post(server, "/api/v1/a/activate")
-    added = post(server, "/api/v1/a/add", {"device": "cpu"}).json()
+def test_add_and_remove_replicas(server) -> None:
+    server.post("/api/v1/a/activate")
+    added = server.post("/api/v1/a/add", {"device": "cpu"}).json()
     pids = [r["pid"] for r in added["replicas"]]
     assert len(set(pids)) == 2
     before = {r["pid"]: r["requests_served"] for r in added["replicas"]}
@@ -112,26 +96,26 @@ def test_add_and_remove_replicas(server) -> None:  # type: ignore[no-untyped-def
         t.start()
     for t in threads:
         t.join()
-    after = {r["pid"]: r["requests_served"] for r in model(server, "a")["replicas"]}
+    after = {r["pid"]: r["requests_served"] for r in server.model("a")["replicas"]}
     assert all(after[p] > before[p] for p in pids), "requests should spread over both replicas"
-    removed = post(server, "/api/v1/a/remove").json()
+    removed = server.post("/api/v1/a/remove").json()
     assert len(removed["replicas"]) == 1 and removed["state"] == "ready"
 
 
-def test_eviction_takes_the_least_recently_used_idle_model(server) -> None:  # type: ignore[no-untyped-def]
-    post(server, "/unloadmodel", {"model": "brief"})
+def test_eviction_takes_the_least_recently_used_idle_model(server) -> None:
+    server.post("/unloadmodel", {"model": "brief"})
     assert chat(server, "a").status_code == 200
     assert chat(server, "b").status_code == 200  # two loaded: the limit
     chat(server, "a")  # a is now the most recently used
     evictions = server.status()["evictions"]
-    assert post(server, "/v1/embeddings", {"model": "c", "input": "x"}).status_code == 200
-    assert model(server, "b")["state"] == "unloaded"
-    assert model(server, "a")["state"] == "ready"
+    assert server.post("/v1/embeddings", {"model": "c", "input": "x"}).status_code == 200
+    assert server.model("b")["state"] == "unloaded"
+    assert server.model("a")["state"] == "ready"
     assert server.status()["evictions"] == evictions + 1
 
 
-def test_a_model_with_an_open_stream_is_not_evicted(server) -> None:  # type: ignore[no-untyped-def]
-    post(server, "/unloadmodel", {"model": "c"})
+def test_a_model_with_an_open_stream_is_not_evicted(server) -> None:
+    server.post("/unloadmodel", {"model": "c"})
     chat(server, "b")  # loaded: a and b
     # 150 tokens at 50 tokens/s: the stream stays open for 3 s.
     body = {"model": "b", "stream": True, "max_tokens": 150, "prompt": "x"}
@@ -141,27 +125,27 @@ def test_a_model_with_an_open_stream_is_not_evicted(server) -> None:  # type: ig
         next(lines)
         chat(server, "a")  # a is now more recent than b, but b is busy streaming
         waiter = threading.Thread(
-            target=lambda: loaded_c.append(post(server, "/loadmodel", {"model": "c"}).status_code)
+            target=lambda: loaded_c.append(server.post("/loadmodel", {"model": "c"}).status_code)
         )
         waiter.start()
-        wait_for(lambda: model(server, "c")["state"] == "loading" or not waiter.is_alive())
-        assert model(server, "b")["state"] == "ready", "the streaming model must not be evicted"
+        server.wait_until(lambda: server.model("c")["state"] == "loading" or not waiter.is_alive())
+        assert server.model("b")["state"] == "ready", "the streaming model must not be evicted"
         text = "".join(lines)
     waiter.join()
     assert loaded_c == [200]
     assert "[DONE]" in text
-    assert model(server, "a")["state"] == "unloaded"  # the idle one made room
+    assert server.model("a")["state"] == "unloaded"  # the idle one made room
 
 
-def test_keep_alive_unloads_an_idle_model(server) -> None:  # type: ignore[no-untyped-def]
+def test_keep_alive_unloads_an_idle_model(server) -> None:
     assert chat(server, "brief").status_code == 200
-    assert model(server, "brief")["state"] == "ready"
-    wait_for(lambda: model(server, "brief")["state"] == "unloaded", timeout=10)
+    assert server.model("brief")["state"] == "ready"
+    server.wait_until(lambda: server.model("brief")["state"] == "unloaded", timeout=10)
 
 
-def test_keep_alive_zero_unloads_after_each_request(server) -> None:  # type: ignore[no-untyped-def]
+def test_keep_alive_zero_unloads_after_each_request(server) -> None:
     assert chat(server, "once").status_code == 200
-    wait_for(lambda: model(server, "once")["state"] == "unloaded", timeout=5)
+    server.wait_until(lambda: server.model("once")["state"] == "unloaded", timeout=5)
 
 
 @pytest.mark.parametrize(
@@ -182,7 +166,7 @@ def test_keep_alive_zero_unloads_after_each_request(server) -> None:  # type: ig
         ("/api/v1/once/remove", None, 409, "no replica"),
     ],
 )
-def test_bad_management_requests(  # type: ignore[no-untyped-def]
+def test_bad_management_requests(
     server, models_dir: Path, path: str, body: dict | None, status: int, words: str
 ) -> None:
     if body and "llama_model_path" in body:
@@ -190,12 +174,12 @@ def test_bad_management_requests(  # type: ignore[no-untyped-def]
             **body,
             "llama_model_path": body["llama_model_path"].replace("{models}", str(models_dir)),
         }
-    response = post(server, path, body)
+    response = server.post(path, body)
     assert response.status_code == status, response.text
     assert words in response.json()["error"]["message"] + str(response.json()["error"]["param"])
 
 
-def test_cli_ps_load_unload(server) -> None:  # type: ignore[no-untyped-def]
+def test_cli_ps_load_unload(server) -> None:
     def cli(*args: str) -> str:
         out = subprocess.run(
             [sys.executable, "-m", "mmserve", *args, "--url", server.url],

@@ -11,15 +11,15 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def client(fake_server) -> openai.OpenAI:  # type: ignore[no-untyped-def]
+def client(fake_server) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{fake_server.url}/v1", api_key="unused", max_retries=0)
 
 
 def ask(client: openai.OpenAI, content: str, **kwargs: object) -> str:
     reply = client.chat.completions.create(
-        model=kwargs.pop("model", "echo"),  # type: ignore[arg-type]
+        model=kwargs.pop("model", "echo"),
         messages=[{"role": "user", "content": content}],
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
     return reply.choices[0].message.content or ""
 
@@ -35,7 +35,7 @@ def test_chat(client: openai.OpenAI) -> None:
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + 4
 
 
-def test_alias_and_unprefixed_route(fake_server) -> None:  # type: ignore[no-untyped-def]
+def test_alias_and_unprefixed_route(fake_server) -> None:
     body = {"model": "chat-alias", "messages": [{"role": "user", "content": "hi"}]}
     reply = httpx.post(f"{fake_server.url}/chat/completions", json=body).json()
     assert reply["choices"][0]["message"]["content"] == "You said: hi"
@@ -79,7 +79,7 @@ def test_streamed_completions(client: openai.OpenAI) -> None:
     assert "".join(c.choices[0].text for c in stream if c.choices) == "word1 word2"
 
 
-def test_embeddings_float_and_base64_agree(client: openai.OpenAI, fake_server) -> None:  # type: ignore[no-untyped-def]
+def test_embeddings_float_and_base64_agree(client: openai.OpenAI, fake_server) -> None:
     floats = client.embeddings.create(model="vec", input=["a", "b"], encoding_format="float")
     assert [d.index for d in floats.data] == [0, 1] and len(floats.data[0].embedding) == 16
     raw = httpx.post(
@@ -95,7 +95,7 @@ def test_embeddings_float_and_base64_agree(client: openai.OpenAI, fake_server) -
     )
 
 
-def test_engines_embeddings_route(fake_server) -> None:  # type: ignore[no-untyped-def]
+def test_engines_embeddings_route(fake_server) -> None:
     reply = httpx.post(f"{fake_server.url}/engines/vec/embeddings", json={"input": "a"})
     assert reply.status_code == 200 and len(reply.json()["data"][0]["embedding"]) == 16
 
@@ -108,7 +108,7 @@ def test_models_list_and_get(client: openai.OpenAI) -> None:
         client.models.retrieve("nope")
 
 
-def test_each_replica_is_its_own_process(fake_server) -> None:  # type: ignore[no-untyped-def]
+def test_each_replica_is_its_own_process(fake_server) -> None:
     status = fake_server.status()
     pids = [r["pid"] for m in status["models"] for r in m["replicas"]]
     echo = next(m for m in status["models"] if m["name"] == "echo")

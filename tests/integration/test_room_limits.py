@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 
 
-def start(server_factory, tmp_path: Path, config: str):  # type: ignore[no-untyped-def]
+def start(server_factory, tmp_path: Path, config: str):
     path = tmp_path / "config.yaml"
     path.write_text(config)
     server = server_factory(path)
@@ -15,12 +15,12 @@ def start(server_factory, tmp_path: Path, config: str):  # type: ignore[no-untyp
     return server
 
 
-def chat(server, model: str) -> httpx.Response:  # type: ignore[no-untyped-def]
+def chat(server, model: str) -> httpx.Response:
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
     return httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30)
 
 
-def test_a_pinned_model_is_never_evicted(server_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_pinned_model_is_never_evicted(server_factory, tmp_path: Path) -> None:
     server = start(
         server_factory,
         tmp_path,
@@ -35,7 +35,7 @@ def test_a_pinned_model_is_never_evicted(server_factory, tmp_path: Path) -> None
     assert chat(server, "p").status_code == 200
 
 
-def test_a_model_bigger_than_max_memory(server_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_model_bigger_than_max_memory(server_factory, tmp_path: Path) -> None:
     server = start(
         server_factory,
         tmp_path,

@@ -30,7 +30,7 @@ from mmserve.workers.protocol import (
     ],
 )
 def test_replies_round_trip_as_one_line(reply: object) -> None:
-    line = encode(reply)  # type: ignore[arg-type]
+    line = encode(reply)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert decode_reply(line) == reply
 

@@ -30,7 +30,7 @@ def never() -> bool:
 
 
 def run(events: object) -> tuple[str, TextDone]:
-    items: list[TextEvent] = list(events)  # type: ignore[call-overload]
+    items: list[TextEvent] = list(events)
     assert isinstance(items[-1], TextDone)
     return "".join(e.text for e in items if isinstance(e, TextDelta)), items[-1]
 
@@ -46,7 +46,7 @@ def smollm2() -> llama_cpp_backend.LlamaCppBackend:
 def chat(text: str, **sampling: object) -> ChatRequest:
     return ChatRequest(
         messages=[ChatMessage(role="user", content=text)],
-        sampling=Sampling(temperature=0, seed=1, **sampling),  # type: ignore[arg-type]
+        sampling=Sampling(temperature=0, seed=1, **sampling),
     )
 
 
