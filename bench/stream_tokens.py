@@ -10,13 +10,18 @@ What it measures, for one prompt and one model (SmolLM2, `catalog:smollm2`), in 
 For each request: time to first token (TTFT: from the call to the first content chunk) and
 decode tokens/s = (completion_tokens - 1) / (t_last_token - t_first_token). mmserve's
 completion_tokens comes from the stream's usage chunk; the direct one from tokenizing the final
-text. After one warm-up request each, the rounds alternate the two contenders (and swap the order
+text. Both run greedy (temperature 0, fixed seed); the report says whether every request
+produced the same text, which makes the two token counts comparable.
+
+After one warm-up request each, the rounds alternate the two contenders (and swap the order
 every round) so that drift on a shared machine hits both alike. Medians are reported, with the
-ratio mmserve/direct for tokens/s: on a noisy machine the ratio is the figure that matters.
+ratio mmserve/direct for tokens/s (of the medians, and the median of each round's own ratio):
+on a noisy machine the ratios are the figures that matter. Each request also records how many
+CPU cores other programs kept busy meanwhile, to spot disturbed rounds.
 
-Run it from the repository root:
+Run it from the repository root (takes a minute or two):
 
-    .venv/bin/python bench/stream_tokens.py [--rounds 5] [--max-tokens 128]
+    .venv/bin/python bench/stream_tokens.py [--rounds 5] [--max-tokens 128] [--threads 2]
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -42,14 +47,16 @@ from typing import Any
 import httpx
 import psutil
 import yaml
+from openai import OpenAI
+from openai.types.chat import ChatCompletionMessageParam
 
 MODEL = "smollm2"
 SOURCE = "catalog:smollm2"
-THREADS = 2
+THREADS = 2  # the default; --threads changes it
 CONTEXT = 2048
 SEED = 1234
 PROMPT = "Write a long story about a lighthouse keeper."
-MESSAGES = [{"role": "user", "content": PROMPT}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": PROMPT}]
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,7 @@ class Sample:
     tokens: int
     decode_s: float
     text: str
+    others: float = 0.0  # CPU cores that other programs kept busy meanwhile (noise)
 
     @property
     def tokens_per_s(self) -> float:
@@ -91,6 +99,46 @@ class Stream:
         return Sample(self.first - self.start, tokens, self.last - self.first, text)
 
 
+class CpuMeter:
+    """How busy the machine was with work other than ours: the noise on a shared box.
+
+    Ours is this process, the server and its model process. Others' is the CPU time of every
+    other process alive at the end of the request (all of it if it started meanwhile), plus the
+    steal time (the host running other virtual machines on our CPUs). Processes that start and
+    end within one request go unseen.
+    """
+
+    def __init__(self, pids: list[int]) -> None:
+        self.roots = [psutil.Process(pid) for pid in pids]
+
+    def measure(self, run: Callable[[], Sample]) -> Sample:
+        before, steal, start = self._others(), self._steal(), time.perf_counter()
+        sample = run()
+        wall = time.perf_counter() - start
+        used = sum(cpu - before.get(key, 0.0) for key, cpu in self._others().items())
+        return replace(sample, others=(used + self._steal() - steal) / wall)
+
+    def _ours(self) -> set[int]:
+        pids = set()
+        for root in self.roots:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                pids |= {root.pid, *(child.pid for child in root.children(recursive=True))}
+        return pids
+
+    def _others(self) -> dict[tuple[int, float], float]:
+        """CPU seconds of every other process, by (pid, start time)."""
+        ours, times = self._ours(), {}
+        for proc in psutil.process_iter(["create_time", "cpu_times"]):
+            cpu = proc.info["cpu_times"]
+            if proc.pid not in ours and cpu is not None:
+                times[proc.pid, proc.info["create_time"]] = cpu.user + cpu.system
+        return times
+
+    @staticmethod
+    def _steal() -> float:
+        return float(getattr(psutil.cpu_times(), "steal", 0.0))
+
+
 # --- (a) mmserve over HTTP ---------------------------------------------------------------
 
 
@@ -100,12 +148,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def write_config(directory: Path) -> Path:
+def write_config(directory: Path, threads: int) -> Path:
     model = {
         "name": MODEL,
         "kind": "llm",
         "source": SOURCE,
-        "threads": THREADS,
+        "threads": threads,
         "context_length": CONTEXT,
     }
     path = directory / "config.yaml"
@@ -147,10 +195,10 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def mmserve_server(directory: Path) -> Iterator[str]:
-    """A real `mmserve serve` subprocess with only the benchmark model; yields its base URL."""
+def mmserve_server(directory: Path, threads: int) -> Iterator[tuple[str, int]]:
+    """A real `mmserve serve` subprocess with only the benchmark model; yields its URL and pid."""
     port = free_port()
-    config = write_config(directory)
+    config = write_config(directory, threads)
     log = directory / "server.log"
     command = [sys.executable, "-m", "mmserve", "serve", "--config", str(config)]
     command += ["--port", str(port)]
@@ -160,14 +208,12 @@ def mmserve_server(directory: Path) -> Iterator[str]:
         try:
             url = f"http://127.0.0.1:{port}"
             wait_ready(proc, url, log)
-            yield url
+            yield url, proc.pid
         finally:
             stop(proc)
 
 
 def mmserve_runner(url: str, max_tokens: int) -> Callable[[], Sample]:
-    from openai import OpenAI
-
     client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
 
     def run() -> Sample:
@@ -175,7 +221,7 @@ def mmserve_runner(url: str, max_tokens: int) -> Callable[[], Sample]:
         tokens = 0
         chunks = client.chat.completions.create(
             model=MODEL,
-            messages=MESSAGES,  # type: ignore[arg-type]
+            messages=MESSAGES,
             stream=True,
             stream_options={"include_usage": True},
             temperature=0,
@@ -195,14 +241,14 @@ def mmserve_runner(url: str, max_tokens: int) -> Callable[[], Sample]:
 # --- (b) llama-cpp-python directly -------------------------------------------------------
 
 
-def direct_runner(model_path: Path, max_tokens: int) -> Callable[[], Sample]:
+def direct_runner(model_path: Path, max_tokens: int, threads: int) -> Callable[[], Sample]:
     import llama_cpp
 
     llm = llama_cpp.Llama(
         model_path=str(model_path),
         n_ctx=CONTEXT,
-        n_threads=THREADS,
-        n_threads_batch=THREADS,
+        n_threads=threads,
+        n_threads_batch=threads,
         verbose=False,
     )
 
@@ -226,34 +272,48 @@ def direct_runner(model_path: Path, max_tokens: int) -> Callable[[], Sample]:
 # --- running and reporting ---------------------------------------------------------------
 
 
-def run_rounds(contenders: dict[str, Callable[[], Sample]], rounds: int) -> dict[str, list[Sample]]:
+def run_rounds(
+    contenders: dict[str, Callable[[], Sample]], rounds: int, meter: CpuMeter
+) -> dict[str, list[Sample]]:
     """One warm-up each, then `rounds` rounds alternating the order (ABBA...)."""
     for name, run in contenders.items():
-        sample = run()
-        print(f"  warm-up   {name:8} {sample.tokens_per_s:7.1f} tok/s  ({sample.tokens} tokens)")
+        show("warm-up", name, meter.measure(run))
     samples: dict[str, list[Sample]] = {name: [] for name in contenders}
     names = list(contenders)
     for i in range(rounds):
         for name in names if i % 2 == 0 else reversed(names):
-            sample = contenders[name]()
+            sample = meter.measure(contenders[name])
             samples[name].append(sample)
-            print(
-                f"  round {i + 1:<3} {name:8} {sample.tokens_per_s:7.1f} tok/s  "
-                f"TTFT {sample.ttft_s * 1000:6.1f} ms  ({sample.tokens} tokens)"
-            )
+            show(f"round {i + 1}", name, sample)
     return samples
+
+
+def show(label: str, name: str, sample: Sample) -> None:
+    print(
+        f"  {label:9} {name:8} {sample.tokens_per_s:6.1f} tok/s"
+        f"  TTFT {sample.ttft_s * 1000:6.1f} ms  {sample.tokens} tokens"
+        f"  others busy: {sample.others:.2f} cores"
+    )
 
 
 def report(samples: dict[str, list[Sample]]) -> None:
     tps = {name: statistics.median(s.tokens_per_s for s in runs) for name, runs in samples.items()}
     ttft = {name: statistics.median(s.ttft_s for s in runs) for name, runs in samples.items()}
+    others = {name: statistics.median(s.others for s in runs) for name, runs in samples.items()}
     print()
-    print(f"| {'contender':<29} | {'median tokens/s':>15} | {'median TTFT ms':>14} |")
-    print(f"|{'-' * 31}|{'-' * 16}:|{'-' * 15}:|")
+    print(f"| {'contender':<29} | median tokens/s | median TTFT ms | others busy (cores) |")
+    print(f"|{'-' * 31}|{'-' * 16}:|{'-' * 15}:|{'-' * 20}:|")
     labels = {"mmserve": "mmserve (HTTP, openai client)", "direct": "llama-cpp-python direct"}
     for name in samples:
-        print(f"| {labels[name]:<29} | {tps[name]:>15.1f} | {ttft[name] * 1000:>14.1f} |")
-    print(f"\nratio mmserve/direct, tokens/s: {tps['mmserve'] / tps['direct']:.3f}")
+        print(
+            f"| {labels[name]:<29} | {tps[name]:>15.1f} | {ttft[name] * 1000:>14.1f} "
+            f"| {others[name]:>19.2f} |"
+        )
+    ratio = tps["mmserve"] / tps["direct"]
+    pairs = zip(samples["mmserve"], samples["direct"], strict=True)
+    paired = statistics.median(m.tokens_per_s / d.tokens_per_s for m, d in pairs)
+    print(f"\nratio mmserve/direct, tokens/s, of the medians: {ratio:.3f}")
+    print(f"ratio mmserve/direct, tokens/s, median of each round's ratio: {paired:.3f}")
     texts = {s.text for runs in samples.values() for s in runs}
     print(f"identical output text across all requests: {len(texts) == 1}")
 
@@ -287,6 +347,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds (default 5)")
     parser.add_argument("--max-tokens", type=int, default=128, help="tokens per request")
+    parser.add_argument(
+        "--threads", type=int, default=THREADS, help=f"CPU threads for both (default {THREADS})"
+    )
     return parser.parse_args()
 
 
@@ -295,22 +358,22 @@ def main() -> None:
     # As the server does for its model processes: OpenMP threads sleep instead of spinning.
     # Set before llama_cpp is imported (the library reads it when it loads).
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
     from mmserve.catalog import resolve_source
 
     model_path = resolve_source(SOURCE)
     describe_environment()
-    print(f"model:    {model_path.name}, {THREADS} threads, context {CONTEXT}")
+    print(f"model:    {model_path.name}, {args.threads} threads, context {CONTEXT}")
     print(f"prompt:   {PROMPT!r}, max_tokens {args.max_tokens}, temperature 0, seed {SEED}")
     print(f"rounds:   {args.rounds} after one warm-up each\n")
     with tempfile.TemporaryDirectory(prefix="mmserve-bench-") as tmp:
         print("starting mmserve and loading the direct model...")
-        with mmserve_server(Path(tmp)) as url:
+        with mmserve_server(Path(tmp), args.threads) as (url, pid):
             contenders = {
                 "mmserve": mmserve_runner(url, args.max_tokens),
-                "direct": direct_runner(model_path, args.max_tokens),
+                "direct": direct_runner(model_path, args.max_tokens, args.threads),
             }
-            samples = run_rounds(contenders, args.rounds)
+            samples = run_rounds(contenders, args.rounds, CpuMeter([os.getpid(), pid]))
     report(samples)
 
 

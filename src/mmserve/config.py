@@ -62,7 +62,7 @@ class ModelSpec(_Strict):
     gpu_layers: int | None = Field(
         None, ge=-1, description="layers on the GPU (-1: all); default: all on cuda, none on cpu"
     )
-    threads: int | None = Field(None, ge=1, description="CPU threads; default: all cores")
+    threads: int | None = Field(None, ge=1, description="CPU threads; default: half the cores")
     devices: list[str] = Field(default_factory=lambda: ["cpu"], min_length=1)
     replicas: int | None = Field(None, ge=1, description="shorthand for `devices: [cpu] * N`")
     options: dict[str, Any] = Field(default_factory=dict, description="passed to the backend")

@@ -32,6 +32,13 @@ __all__ = ["ProcessReplica", "backend_spec"]
 TextOp = Literal["chat", "complete"]
 
 
+def default_threads() -> int:
+    """Half the logical CPUs, as llama.cpp chooses by default: with OMP_WAIT_POLICY=PASSIVE a
+    small model decodes faster on 1 thread than on 2 of a 2-core machine (docs/benchmarks.md),
+    and the other half is left to the server and to other models."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
 def backend_spec(spec: ModelSpec, device: str) -> BackendSpec:
     """The spec one replica's backend loads from: the model's spec placed on one device."""
     gpu_layers = spec.gpu_layers if spec.gpu_layers is not None else (0 if device == "cpu" else -1)
@@ -42,7 +49,7 @@ def backend_spec(spec: ModelSpec, device: str) -> BackendSpec:
         source=spec.source,
         context_length=spec.context_length,
         gpu_layers=gpu_layers,
-        threads=spec.threads or os.cpu_count() or 1,
+        threads=spec.threads or default_threads(),
         device=device,
         options=spec.options,
     )
