@@ -71,6 +71,11 @@ class ModelSpec(_Strict):
     )
     pinned: bool = Field(False, description="never evicted to make room for another model")
     preload: bool = Field(True, description="load at start-up (else on the first request)")
+    max_concurrency: int = Field(1, ge=1, description="requests one replica runs at once")
+    max_queue: int = Field(64, ge=0, description="requests waiting for a replica; beyond: 429")
+    queue_timeout: float = Field(300.0, gt=0, description="seconds a request may wait; then 503")
+    max_tokens: int | None = Field(None, ge=1, description="cap on a request's max_tokens")
+    max_inputs: int = Field(2048, ge=1, description="cap on inputs in one embedding request")
 
     @field_validator("name", "aliases")
     @classmethod

@@ -5,10 +5,13 @@
     |-- InvalidRequest                 400 invalid_request_error
     |   |-- UnsupportedCapability      400 invalid_request_error  code=unsupported_capability
     |   `-- ContextLengthExceeded      400 invalid_request_error  code=context_length_exceeded
+    |-- Unauthorized                   401 invalid_request_error  code=invalid_api_key
     |-- PermissionDenied               403 permission_error       code=forbidden
     |-- ModelNotFound                  404 invalid_request_error  code=model_not_found
     |   `-- ModelFileNotFound          404 invalid_request_error  code=file_not_found
     |-- Conflict                       409 invalid_request_error  code=conflict
+    |-- PayloadTooLarge                413 invalid_request_error  code=payload_too_large
+    |-- TooManyRequests                429 rate_limit_error       code=queue_full (+ Retry-After)
     |-- ModelUnavailable               503 service_unavailable    code=model_unavailable
     |   |-- WorkerCrashed              503 service_unavailable    code=worker_crashed
     |   `-- RequestCancelled           503 service_unavailable    code=request_cancelled
@@ -33,8 +36,11 @@ __all__ = [
     "ModelFileNotFound",
     "ModelNotFound",
     "ModelUnavailable",
+    "PayloadTooLarge",
     "PermissionDenied",
     "RequestCancelled",
+    "TooManyRequests",
+    "Unauthorized",
     "UnsupportedCapability",
     "WorkerCrashed",
     "from_kind",
@@ -50,10 +56,13 @@ class MMServeError(Exception):
     # The name a worker uses for this error on the wire (see docs/worker-protocol.md).
     kind: ClassVar[str] = "internal"
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.headers = headers or {}  # e.g. Retry-After on a 429
 
     def envelope(self) -> dict[str, Any]:
         """The body OpenAI's API returns for an error."""
@@ -103,6 +112,15 @@ class ModelFileNotFound(ModelNotFound):
     kind = "file_not_found"
 
 
+class Unauthorized(MMServeError):
+    """No API key, or not one of the configured keys."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+    kind = "unauthorized"
+
+
 class PermissionDenied(MMServeError):
     """The operator has not allowed this (a model path outside `model_dirs`...)."""
 
@@ -119,6 +137,22 @@ class Conflict(MMServeError):
     type = "invalid_request_error"
     code = "conflict"
     kind = "conflict"
+
+
+class PayloadTooLarge(MMServeError):
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+    kind = "payload_too_large"
+
+
+class TooManyRequests(MMServeError):
+    """The model's queue is full: come back after Retry-After seconds."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "queue_full"
+    kind = "queue_full"
 
 
 class ModelUnavailable(MMServeError):

@@ -50,7 +50,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def error_response(exc: MMServeError) -> JSONResponse:
-    return JSONResponse(exc.envelope(), status_code=exc.status)
+    return JSONResponse(exc.envelope(), status_code=exc.status, headers=exc.headers)
 
 
 async def on_mmserve_error(_: Request, exc: MMServeError) -> JSONResponse:

@@ -32,6 +32,7 @@ from mmserve.catalog import catalog_entry, is_catalog_source
 from mmserve.config import ModelSpec
 from mmserve.engine.logs import ModelLog
 from mmserve.engine.replicas import ProcessReplica
+from mmserve.engine.scheduler import Admission
 from mmserve.engine.types import Capability
 from mmserve.errors import (
     Conflict,
@@ -43,6 +44,9 @@ from mmserve.errors import (
 __all__ = ["KNOWN_CAPABILITIES", "Model", "ModelState", "estimate_bytes"]
 
 RETRY_FAILED_AFTER = 10.0
+BASE_BACKOFF = 0.5  # seconds before the first restart of a crashed replica; doubles each time
+MAX_BACKOFF = 60.0
+STABLE_AFTER = 60.0  # a replica that ran this long before crashing resets the backoff
 KNOWN_CAPABILITIES: tuple[Capability, ...] = ("chat", "complete", "embed")
 # What a replica process costs beyond its weights (Python, the engine, buffers): a rough guess
 # used only before a model has been loaded once; after that its measured size is used.
@@ -90,6 +94,14 @@ class Model:
         self._failed_at = 0.0
         self._task: asyncio.Task[None] | None = None
         self._expiry: asyncio.Task[None] | None = None
+        self.admission = Admission(
+            spec.name,
+            concurrency=spec.max_concurrency,
+            max_queue=spec.max_queue,
+            queue_timeout=spec.queue_timeout,
+        )
+        self.crashes = 0  # consecutive: reset once a replica has run for STABLE_AFTER seconds
+        self.restarts = 0
 
     # ---- what callers ask --------------------------------------------------------------------
 
@@ -133,16 +145,17 @@ class Model:
         neither evicted nor unloaded for idleness, and a drain waits for it.
         """
         await self.ensure_ready()
-        # No await between ensure_ready() and acquire(): nothing can unload the model here.
-        replica = self._pick(capability)
-        replica.acquire()
+        self._check(capability)
+        replica = await self.admission.acquire(self._live_replicas)
         self.in_flight += 1
         self._cancel_expiry()
+        started = time.monotonic()
         try:
             yield replica
         finally:
-            replica.release()
             self.in_flight -= 1
+            self.admission.record(time.monotonic() - started)
+            self.admission.release(replica, self._live_replicas())
             self.last_used = time.time()
             self._arm_expiry()
             self._on_change()
@@ -166,16 +179,15 @@ class Model:
         if not self.ready:
             raise ModelUnavailable(f"model {self.spec.name!r} is not available: {self.last_error}")
 
-    def _pick(self, capability: Capability) -> ProcessReplica:
+    def _check(self, capability: Capability) -> None:
         if capability not in self.capabilities:
             can = ", ".join(_WHAT[c] for c in self.capabilities) or "nothing"
             raise UnsupportedCapability(
                 f"model {self.spec.name!r} does not support {_WHAT[capability]}; it serves: {can}"
             )
-        live = [r for r in self.replicas if r.alive]
-        if not live:
-            raise ModelUnavailable(f"model {self.spec.name!r} has no running replica")
-        return min(live, key=lambda r: r.in_flight)
+
+    def _live_replicas(self) -> list[ProcessReplica]:
+        return [r for r in self.replicas if r.alive]
 
     # ---- management --------------------------------------------------------------------------
 
@@ -202,6 +214,7 @@ class Model:
         await replica.start(self.load_timeout)
         self.replicas.append(replica)
         self.log.event(f"replica added: pid {replica.pid} on {device}")
+        self.admission.hand_over(self._live_replicas())
 
     async def remove_replica(self) -> None:
         """One fewer replica: the least busy, after its in-flight requests finish."""
@@ -256,6 +269,9 @@ class Model:
         self._cancel_expiry()
         self._measured_bytes = self.resident_bytes() or self._measured_bytes
         replicas, self.replicas = self.replicas, []
+        self.admission.fail_waiters(
+            ModelUnavailable(f"model {self.spec.name!r} was unloaded while the request waited")
+        )
         drained = await asyncio.gather(*(r.drain(self.drain_timeout) for r in replicas))
         if not all(drained):
             self.log.event(f"requests still running after {self.drain_timeout:.0f} s: stopping")
@@ -275,15 +291,44 @@ class Model:
         self._on_change()
 
     def _on_replica_exit(self, replica: ProcessReplica) -> None:
+        """A replica's process exited on its own: drop it, and restart one in its place after
+        an exponential backoff. Requests it was running have already failed (WorkerCrashed)."""
         if replica.worker.stopping or replica not in self.replicas:
             return
         self.replicas.remove(replica)
+        uptime = time.time() - (replica.loaded_at or time.time())
+        self.crashes = 1 if uptime > STABLE_AFTER else self.crashes + 1
         self.last_error = f"replica pid {replica.pid} exited with code {replica.worker.returncode}"
-        self.log.event(f"crashed: {self.last_error}")
-        if not self.replicas and self.ready:
-            self.state = ModelState.UNLOADED  # the next request loads it afresh
+        delay = min(MAX_BACKOFF, BASE_BACKOFF * 2 ** (self.crashes - 1))
+        self.log.event(f"crashed: {self.last_error}; restarting in {delay:g} s")
+        if not self.replicas:
+            self.state = ModelState.LOADING  # requests wait for the restart
             self._cancel_expiry()
-            self._on_change()
+        restart = asyncio.create_task(self._restart(replica.device, delay))
+        if self._task is None or self._task.done():
+            self._task = restart  # with no replica left, ensure_ready() waits for this one
+        self._on_change()
+
+    async def _restart(self, device: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self.state not in (ModelState.READY, ModelState.LOADING):
+            return  # unloaded meanwhile: nothing to restart
+        replica = self._new_replica(device)
+        try:
+            await replica.start(self.load_timeout)
+        except MMServeError as exc:
+            if not self.replicas:
+                self._fail(f"restart failed: {exc.message}")
+                self.admission.fail_waiters(
+                    ModelUnavailable(f"model {self.spec.name!r}: {exc.message}")
+                )
+            return
+        self.restarts += 1
+        self.replicas.append(replica)
+        self.state = ModelState.READY
+        self.log.event(f"restarted: pid {replica.pid} on {device}")
+        self.admission.hand_over(self._live_replicas())
+        self._arm_expiry()
 
     # ---- idle unload (keep_alive) ------------------------------------------------------------
 
@@ -316,6 +361,8 @@ class Model:
             "state": self.state.value,
             "capabilities": self.capabilities,
             "in_flight": self.in_flight,
+            "waiting": self.admission.waiting,
+            "restarts": self.restarts,
             "loads": self.loads,
             "pinned": self.spec.pinned,
             "keep_alive": self.spec.keep_alive,
