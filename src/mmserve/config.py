@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -160,6 +161,35 @@ DEFAULT_MODELS: list[dict[str, Any]] = [
 ]
 
 
+Scope = Literal["inference", "admin"]
+SCOPES: tuple[Scope, ...] = ("inference", "admin")
+
+
+class ApiKey(_Strict):
+    """A key clients send as `Authorization: Bearer KEY` or `x-api-key: KEY`."""
+
+    key: SecretStr = Field(description="the key itself (or give key_env)")
+    scopes: list[Scope] = Field(
+        default_factory=lambda: list(SCOPES),
+        description="inference: the OpenAI routes; admin: management and status routes",
+    )
+    name: str | None = Field(None, description="for the operator: who holds this key")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _forms(cls, value: object, info: ValidationInfo) -> object:
+        """A bare string is a key with every scope; `key_env: NAME` reads it from the env."""
+        if isinstance(value, str):
+            return {"key": value}
+        if isinstance(value, dict) and "key_env" in value:
+            env = (info.context or {}).get("env") or {}
+            name = value["key_env"]
+            if name not in env:
+                raise ValueError(f"key_env: the environment variable {name} is not set")
+            return {**{k: v for k, v in value.items() if k != "key_env"}, "key": env[name]}
+        return value
+
+
 class Settings(_Strict):
     """The whole server configuration."""
 
@@ -180,6 +210,17 @@ class Settings(_Strict):
     )
     drain_timeout: float = Field(
         30.0, ge=0, description="seconds an unload waits for in-flight requests"
+    )
+    shutdown_grace: float = Field(
+        30.0, ge=0, description="seconds SIGTERM waits for in-flight requests before stopping"
+    )
+    ping_interval: float = Field(10.0, gt=0, description="seconds between pings of each worker")
+    ping_timeout: float = Field(
+        30.0, gt=0, description="a worker that does not answer a ping this long is restarted"
+    )
+    max_body_bytes: int = Field(20 * 10**6, gt=0, description="largest request body accepted")
+    api_keys: list[ApiKey] = Field(
+        default_factory=list, description="keys clients must send; none: no authentication"
     )
     models: list[ModelSpec] = Field(default_factory=list)
 
@@ -249,7 +290,7 @@ def load_settings(
     )
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     where = str(path) if path else "the built-in defaults"
-    context = {"base_dir": path.parent if path else None}
+    context = {"base_dir": path.parent if path else None, "env": env}
     try:
         return Settings.model_validate(data, context=context)
     except ValidationError as exc:

@@ -11,9 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from mmserve.api.openai import manager_of
 from mmserve.config import DEVICE_PATTERN
 
-__all__ = ["router"]
+__all__ = ["health_router", "router"]
 
 router = APIRouter(tags=["management"])
+health_router = APIRouter(tags=["health"])  # open to all, even when API keys are on
 
 
 class AddReplicaRequest(BaseModel):
@@ -22,7 +23,7 @@ class AddReplicaRequest(BaseModel):
     device: str = Field(default="cpu", pattern=DEVICE_PATTERN, description="cpu or cuda:N")
 
 
-@router.get("/health", tags=["health"])
+@health_router.get("/health")
 async def health() -> dict[str, str]:
     """The process is alive and serving HTTP (says nothing about the models)."""
     return {"status": "ok"}

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
 from mmserve import __version__
 from mmserve.api import admin, compat, openai
+from mmserve.api.middleware import ApiKeyAuth, BodyLimit
 from mmserve.config import Settings
 from mmserve.engine.manager import ModelManager
-from mmserve.errors import InvalidRequest, MMServeError
+from mmserve.errors import InvalidRequest, MMServeError, PermissionDenied
 
 __all__ = ["create_app"]
 
@@ -27,11 +28,18 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="mmserve", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.manager = ModelManager(settings)
-    app.include_router(openai.router, prefix="/v1")
-    app.include_router(openai.router, include_in_schema=False)  # the same routes without /v1
-    app.include_router(openai.engines_router)
-    app.include_router(admin.router)
-    app.include_router(compat.router)
+    inference = [Depends(require_scope("inference"))]
+    admin_only = [Depends(require_scope("admin"))]
+    app.include_router(openai.router, prefix="/v1", dependencies=inference)
+    # The same routes without /v1, as some clients call them.
+    app.include_router(openai.router, include_in_schema=False, dependencies=inference)
+    app.include_router(openai.engines_router, dependencies=inference)
+    app.include_router(admin.health_router)
+    app.include_router(admin.router, dependencies=admin_only)
+    app.include_router(compat.router, dependencies=admin_only)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    if settings.api_keys:
+        app.add_middleware(ApiKeyAuth, keys=settings.api_keys)
     app.add_exception_handler(MMServeError, on_mmserve_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, on_validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, on_http_error)  # type: ignore[arg-type]
@@ -47,6 +55,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await manager.stop()
+
+
+def require_scope(scope: str) -> Callable[[Request], None]:
+    """A route dependency: the request's API key must carry `scope` (when keys are on)."""
+
+    def check(request: Request) -> None:
+        scopes = getattr(request.state, "scopes", None)
+        if scopes is not None and scope not in scopes:
+            raise PermissionDenied(f"this API key does not have the {scope!r} scope")
+
+    return check
 
 
 def error_response(exc: MMServeError) -> JSONResponse:

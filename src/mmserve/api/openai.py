@@ -5,7 +5,6 @@ Mounted twice by `api.app`: under `/v1` and at the root, as OpenAI clients use b
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import TypeVar
 
@@ -14,10 +13,10 @@ from starlette.responses import Response
 
 from mmserve.api import convert
 from mmserve.api import protocol as wire
+from mmserve.api.cancel import cancel_on_disconnect
 from mmserve.api.sse import event_stream
 from mmserve.engine.manager import ModelManager
 from mmserve.engine.types import EmbedRequest, TextEvent
-from mmserve.errors import InvalidRequest
 
 __all__ = ["engines_router", "router"]
 
@@ -57,10 +56,9 @@ async def chat_completions(
 ) -> Response | wire.ChatCompletion:
     events = manager_of(request).generate(body.model, "chat", convert.chat_request(body))
     if body.stream:
-        return event_stream(
-            convert.chat_chunks(await prime(events), body.model, body.include_usage)
-        )
-    text, done = await convert.collect(events)
+        chunks = convert.chat_chunks(await prime(events), body.model, body.include_usage)
+        return event_stream(chunks)
+    text, done = await cancel_on_disconnect(request, convert.collect(events))
     choice = wire.ChatChoice(
         index=0, message=wire.AssistantMessage(content=text), finish_reason=done.finish_reason
     )
@@ -81,10 +79,12 @@ async def completions(body: wire.CompletionRequest, request: Request) -> Respons
         return event_stream(
             convert.completion_chunks(streams, body.model, body.include_usage, body.echo)
         )
-    # Several prompts run side by side: each goes to the least busy replica.
-    results = await asyncio.gather(
-        *(convert.collect(_complete(manager, body, p)) for p in body.prompts)
-    )
+    return await cancel_on_disconnect(request, _complete_all(manager, body))
+
+
+async def _complete_all(manager: ModelManager, body: wire.CompletionRequest) -> wire.Completion:
+    # One prompt after the other: a request holds one place in the model's queue at a time.
+    results = [await convert.collect(_complete(manager, body, p)) for p in body.prompts]
     choices = [
         wire.CompletionChoice(
             index=i, text=(p if body.echo else "") + text, finish_reason=done.finish_reason
@@ -103,14 +103,8 @@ async def completions(body: wire.CompletionRequest, request: Request) -> Respons
 
 @router.post("/embeddings", response_model=wire.EmbeddingResponse)
 async def embeddings(body: wire.EmbeddingRequest, request: Request) -> wire.EmbeddingResponse:
-    async with manager_of(request).lease(body.model, "embed") as replica:
-        dimensions = replica.info.dimensions
-        if body.dimensions is not None and body.dimensions != dimensions:
-            raise InvalidRequest(
-                f"model {body.model!r} gives {dimensions} dimensions, not {body.dimensions}",
-                param="dimensions",
-            )
-        result = await replica.embed(EmbedRequest(inputs=body.inputs))
+    work = manager_of(request).embed(body.model, EmbedRequest(inputs=body.inputs), body.dimensions)
+    result = await cancel_on_disconnect(request, work)
     return convert.embedding_response(result, body.model, body.encoding_format)
 
 

@@ -18,8 +18,15 @@ from mmserve.config import ModelSpec, Settings
 from mmserve.engine.eviction import Resident, plan_eviction
 from mmserve.engine.model import Model, ModelState
 from mmserve.engine.replicas import ProcessReplica, TextOp
-from mmserve.engine.types import Capability, ChatRequest, CompletionRequest, TextEvent
-from mmserve.errors import Conflict, MMServeError, ModelNotFound, ModelUnavailable
+from mmserve.engine.types import (
+    Capability,
+    ChatRequest,
+    CompletionRequest,
+    EmbedRequest,
+    EmbedResult,
+    TextEvent,
+)
+from mmserve.errors import Conflict, InvalidRequest, MMServeError, ModelNotFound, ModelUnavailable
 
 __all__ = ["ModelManager", "ModelState"]
 
@@ -51,8 +58,7 @@ class ModelManager:
             raise Conflict(f"the name {taken[0]!r} is already used by model {owner!r}")
         model = Model(
             spec,
-            load_timeout=self.settings.load_timeout,
-            drain_timeout=self.settings.drain_timeout,
+            self.settings,
             make_room=self._make_room,
             on_change=self._room_changed.set,
         )
@@ -80,11 +86,27 @@ class ModelManager:
         self, name: str, op: TextOp, request: ChatRequest | CompletionRequest
     ) -> AsyncGenerator[TextEvent, None]:
         """Stream one generation from model `name`, holding its lease until the end."""
-        async with self.lease(name, op) as replica:
+        model = self.get(name)
+        request = request.model_copy(update={"sampling": model.check_sampling(request.sampling)})
+        async with model.lease(op) as replica:
             events = replica.generate(op, request)
             async with contextlib.aclosing(events):
                 async for event in events:
                     yield event
+
+    async def embed(
+        self, name: str, request: EmbedRequest, dimensions: int | None = None
+    ) -> EmbedResult:
+        """Embed with model `name`; `dimensions`, when given, must be the model's own."""
+        model = self.get(name)
+        model.check_inputs(len(request.inputs))
+        async with model.lease("embed") as replica:
+            if dimensions is not None and dimensions != replica.info.dimensions:
+                raise InvalidRequest(
+                    f"model {name!r} gives {replica.info.dimensions} dimensions, not {dimensions}",
+                    param="dimensions",
+                )
+            return await replica.embed(request)
 
     # ---- start and stop ----------------------------------------------------------------------
 

@@ -29,13 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from mmserve.catalog import catalog_entry, is_catalog_source
-from mmserve.config import ModelSpec
+from mmserve.config import ModelSpec, Settings
 from mmserve.engine.logs import ModelLog
 from mmserve.engine.replicas import ProcessReplica
 from mmserve.engine.scheduler import Admission
-from mmserve.engine.types import Capability
+from mmserve.engine.types import Capability, Sampling
 from mmserve.errors import (
     Conflict,
+    InvalidRequest,
     MMServeError,
     ModelUnavailable,
     UnsupportedCapability,
@@ -72,15 +73,15 @@ class Model:
     def __init__(
         self,
         spec: ModelSpec,
+        settings: Settings,
         *,
-        load_timeout: float,
-        drain_timeout: float,
         make_room: MakeRoom,
         on_change: Callable[[], None],
     ) -> None:
         self.spec = spec
-        self.load_timeout = load_timeout
-        self.drain_timeout = drain_timeout
+        self.settings = settings
+        self.load_timeout = settings.load_timeout
+        self.drain_timeout = settings.drain_timeout
         self._make_room = make_room
         self._on_change = on_change  # told when requests end or memory is freed (room waiters)
         self.state = ModelState.UNLOADED
@@ -178,6 +179,30 @@ class Model:
         await asyncio.shield(self._task)
         if not self.ready:
             raise ModelUnavailable(f"model {self.spec.name!r} is not available: {self.last_error}")
+
+    def check_sampling(self, sampling: Sampling) -> Sampling:
+        """The sampling to run: max_tokens within the model's cap (the cap when none was asked)."""
+        cap = self.spec.max_tokens
+        if cap is None:
+            return sampling
+        if sampling.max_tokens is not None and sampling.max_tokens > cap:
+            raise InvalidRequest(
+                f"max_tokens is {sampling.max_tokens}; model {self.spec.name!r} allows {cap}",
+                param="max_tokens",
+            )
+        return (
+            sampling
+            if sampling.max_tokens is not None
+            else sampling.model_copy(update={"max_tokens": cap})
+        )
+
+    def check_inputs(self, count: int) -> None:
+        if count > self.spec.max_inputs:
+            raise InvalidRequest(
+                f"{count} inputs in one request; model {self.spec.name!r} takes at most "
+                f"{self.spec.max_inputs} (max_inputs)",
+                param="input",
+            )
 
     def _check(self, capability: Capability) -> None:
         if capability not in self.capabilities:
@@ -281,7 +306,13 @@ class Model:
         self._on_change()
 
     def _new_replica(self, device: str) -> ProcessReplica:
-        return ProcessReplica(self.spec, device, self.log, self._on_replica_exit)
+        return ProcessReplica(
+            self.spec,
+            device,
+            self.log,
+            self._on_replica_exit,
+            heartbeat=(self.settings.ping_interval, self.settings.ping_timeout),
+        )
 
     def _fail(self, reason: str) -> None:
         self.state = ModelState.FAILED

@@ -69,6 +69,7 @@ class ProcessReplica:
         device: str,
         log: ModelLog,
         on_exit: Callable[[ProcessReplica], None],
+        heartbeat: tuple[float, float] | None = None,
     ) -> None:
         self.device = device
         self.in_flight = 0
@@ -78,7 +79,7 @@ class ProcessReplica:
         self.loaded_at: float | None = None
         self.load_seconds: float | None = None
         self.worker = WorkerProcess(
-            backend_spec(spec, device), log, on_exit=lambda _: on_exit(self)
+            backend_spec(spec, device), log, on_exit=lambda _: on_exit(self), heartbeat=heartbeat
         )
 
     @property

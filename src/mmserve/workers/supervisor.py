@@ -82,10 +82,12 @@ class WorkerProcess:
         log: ModelLog,
         on_exit: Callable[[WorkerProcess], None] | None = None,
         command: list[str] | None = None,
+        heartbeat: tuple[float, float] | None = None,
     ) -> None:
         self.spec = spec
         self.log = log
         self.on_exit = on_exit
+        self.heartbeat = heartbeat  # (ping every N s, kill if no pong within M s)
         self.command = command or [
             sys.executable,
             "-m",
@@ -99,7 +101,8 @@ class WorkerProcess:
         self._ready: asyncio.Future[WorkerInfo] | None = None
         self._pending: dict[str, _Pending] = {}
         self._ids = itertools.count(1)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []  # the stdout and stderr readers
+        self._heartbeat: asyncio.Task[None] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -138,7 +141,34 @@ class WorkerProcess:
                     f"model {self.spec.name!r} did not load within {timeout:.0f} s"
                 ) from None
             raise
+        if self.heartbeat is not None:
+            self._heartbeat = asyncio.create_task(self._watch(*self.heartbeat))
         return self.info
+
+    async def ping(self, timeout: float) -> bool:
+        """True if the child answers a ping within `timeout` seconds."""
+        try:
+            async with asyncio.timeout(timeout):
+                async for _ in self.request("ping", {}):
+                    pass
+        except (TimeoutError, MMServeError):
+            return False
+        return True
+
+    async def _watch(self, interval: float, timeout: float) -> None:
+        """Ping the child every `interval` s; one that stays silent for `timeout` s is hung:
+        kill it, and the usual crash handling (fail its requests, restart) follows."""
+        while not self.exited.is_set() and not self.stopping:
+            await asyncio.sleep(interval)
+            if self.exited.is_set() or self.stopping or await self.ping(timeout):
+                continue
+            self.log.event(
+                f"worker pid {self.pid} did not answer a ping within {timeout:g} s: killing it"
+            )
+            with contextlib.suppress(ProcessLookupError):
+                if self._proc is not None:
+                    self._proc.kill()
+            return
 
     async def request(self, op: str, body: dict[str, Any]) -> AsyncGenerator[Chunk | Result, None]:
         """Send one request; yield its chunks, then its result. Leaving early cancels it.
@@ -167,6 +197,9 @@ class WorkerProcess:
                     finished = True
                     yield reply
                     return
+                else:  # Pong: the whole answer to a ping
+                    finished = True
+                    return
         finally:
             self._pending.pop(rid, None)
             if not finished:  # the caller left (client gone, task cancelled): stop the work
@@ -183,6 +216,7 @@ class WorkerProcess:
             if proc.stdin:
                 proc.stdin.close()
             await self._wait_or_signal(proc, grace)
+        self._stop_heartbeat()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -257,6 +291,11 @@ class WorkerProcess:
         else:
             self._ready.set_result(info or WorkerInfo())
 
+    def _stop_heartbeat(self) -> None:
+        # The heartbeat itself kills a hung child, whose exit comes back here: never cancel oneself.
+        if self._heartbeat is not None and self._heartbeat is not asyncio.current_task():
+            self._heartbeat.cancel()
+
     def _on_child_exit(self) -> None:
         code = self.returncode
         reason = f"the worker of model {self.spec.name!r} (pid {self.pid}) exited with code {code}"
@@ -266,5 +305,6 @@ class WorkerProcess:
         for queue in self._pending.values():
             queue.put_nowait(WorkerCrashed(reason))
         self.exited.set()
+        self._stop_heartbeat()
         if self.on_exit is not None:
             self.on_exit(self)

@@ -1,0 +1,105 @@
+"""ASGI middleware: API keys and the request body limit.
+
+Plain ASGI rather than Starlette's BaseHTTPMiddleware, so that streamed responses pass through
+untouched and a client that leaves still cancels its stream.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mmserve.config import ApiKey
+from mmserve.errors import MMServeError, PayloadTooLarge, Unauthorized
+
+__all__ = ["OPEN_PATHS", "ApiKeyAuth", "BodyLimit", "send_error"]
+
+# Reachable without a key: a liveness probe must work before anyone has a key.
+OPEN_PATHS = frozenset({"/health"})
+
+
+async def send_error(send: Send, error: MMServeError) -> None:
+    """Answer with OpenAI's error envelope, straight from the ASGI layer."""
+    headers = [(b"content-type", b"application/json")]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": json.dumps(error.envelope()).encode()})
+
+
+class ApiKeyAuth:
+    """Every path but OPEN_PATHS needs one of the configured keys, as `Authorization: Bearer
+    KEY` or `x-api-key: KEY`. The key's scopes go to `request.state.scopes` for the routes that
+    need more than `inference`. Keys are compared in constant time and never logged."""
+
+    def __init__(self, app: ASGIApp, keys: list[ApiKey]) -> None:
+        self.app = app
+        self.keys: list[tuple[bytes, list[str]]] = [
+            (k.key.get_secret_value().encode(), list(k.scopes)) for k in keys
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        scopes = self._scopes_for(_presented_key(scope))
+        if scopes is None:
+            await send_error(
+                send, Unauthorized("a valid API key is required: send Authorization: Bearer KEY")
+            )
+            return
+        scope.setdefault("state", {})["scopes"] = scopes
+        await self.app(scope, receive, send)
+
+    def _scopes_for(self, presented: bytes) -> list[str] | None:
+        found = None
+        for key, scopes in self.keys:  # no early exit: the time taken does not depend on which key
+            if hmac.compare_digest(key, presented):
+                found = scopes
+        return found
+
+
+def _presented_key(scope: Scope) -> bytes:
+    headers: dict[bytes, bytes] = dict(scope["headers"])
+    authorization = headers.get(b"authorization", b"")
+    if authorization[:7].lower() == b"bearer ":
+        return authorization[7:].strip()
+    return headers.get(b"x-api-key", b"").strip()
+
+
+class BodyLimit:
+    """Refuse request bodies over `limit` bytes with a 413, by Content-Length or as they stream."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await send_error(send, self._error())
+            return
+        await self.app(scope, self._counting(receive), send)
+
+    def _counting(self, receive: Receive) -> Receive:
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message: dict[str, Any] = dict(await receive())
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise self._error()  # rendered by the app's error handler
+            return message
+
+        return counted
+
+    def _error(self) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"the request body is larger than {self.limit} bytes (max_body_bytes)"
+        )
