@@ -20,6 +20,7 @@ from mmserve.errors import ConfigError
 __all__ = ["main"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +65,9 @@ def _serve_parser(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--model-dir", action="append", type=Path, help="where /loadmodel may read files"
     )
+    serve.add_argument(
+        "--api-key", action="append", help="require this key (repeatable; all scopes)"
+    )
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -75,6 +79,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "max_loaded_models": args.max_loaded_models,
         "max_memory": args.max_memory,
         "model_dirs": args.model_dir,
+        "api_keys": args.api_key,
     }
     settings = load_settings(config, os.environ, overrides)
     if args.device and not args.model:
@@ -90,12 +95,20 @@ def serve(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if settings.host not in LOOPBACK and not settings.api_keys:
+        logging.getLogger("mmserve").warning(
+            "\n%s\nmmserve binds %s with NO API KEY: anyone who can reach this address can run and"
+            " manage its models. Set api_keys (or --api-key), or bind 127.0.0.1.\n%s",
+            "!" * 78, settings.host, "!" * 78,
+        )  # fmt: skip
+    # On SIGTERM uvicorn stops accepting, lets in-flight requests finish (up to the grace),
+    # then the app's lifespan stops the models' processes.
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=settings.shutdown_grace,
     )
 
 
