@@ -28,6 +28,7 @@ class ServerProcess:
 
     def __init__(self, config: Path | None, log_path: Path, *args: str) -> None:
         self.port = free_port()
+        self.api_key: str | None = None  # sent by status() and post() when set
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "mmserve", "serve", "--port", str(self.port), *args]
         if config is not None:
@@ -60,15 +61,19 @@ class ServerProcess:
             time.sleep(0.2)
         raise TimeoutError(f"models still loading after {timeout} s:\n{self.log()}")
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
     def status(self) -> dict:
-        return httpx.get(f"{self.url}/api/v1/", timeout=10).json()
+        return httpx.get(f"{self.url}/api/v1/", headers=self.headers, timeout=10).json()
 
     def model(self, name: str) -> dict:
         """One model's entry in the status."""
         return next(m for m in self.status()["models"] if m["name"] == name)
 
     def post(self, path: str, body: dict | None = None, timeout: float = 300) -> httpx.Response:
-        return httpx.post(f"{self.url}{path}", json=body, timeout=timeout)
+        return httpx.post(f"{self.url}{path}", json=body, headers=self.headers, timeout=timeout)
 
     @staticmethod
     def wait_until(predicate: Callable[[], bool], timeout: float = 30) -> None:
