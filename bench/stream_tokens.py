@@ -2,7 +2,7 @@
 
 What it measures, for one prompt and one model (SmolLM2, `catalog:smollm2`), in one run:
 
-  mmserve   a real `python -m mmserve serve` subprocess serving only that model (2 threads,
+  mmserve   a real `python -m mmserve serve` subprocess serving only that model (T threads,
             context 2048), streamed `/v1/chat/completions` through the official `openai` client
   direct    `llama_cpp.Llama` with the same GGUF, threads and context, in this process,
             `create_chat_completion(stream=True)`
@@ -19,9 +19,13 @@ ratio mmserve/direct for tokens/s (of the medians, and the median of each round'
 on a noisy machine the ratios are the figures that matter. Each request also records how many
 CPU cores other programs kept busy meanwhile, to spot disturbed rounds.
 
+T, the threads of both, is by default the server's own default (`default_threads()` in
+mmserve.engine.replicas: half the cores, so 1 on a 2-core machine, where 1 thread decoded faster
+than 2; see docs/benchmarks.md); `--threads` sets another.
+
 Run it from the repository root (takes a minute or two):
 
-    .venv/bin/python bench/stream_tokens.py [--rounds 5] [--max-tokens 128] [--threads 2]
+    .venv/bin/python bench/stream_tokens.py [--rounds 5] [--max-tokens 128] [--threads T]
 """
 
 from __future__ import annotations
@@ -52,7 +56,6 @@ from openai.types.chat import ChatCompletionMessageParam
 
 MODEL = "smollm2"
 SOURCE = "catalog:smollm2"
-THREADS = 2  # the default; --threads changes it
 CONTEXT = 2048
 SEED = 1234
 PROMPT = "Write a long story about a lighthouse keeper."
@@ -344,11 +347,17 @@ def cpu_model() -> str:
 
 
 def parse_args() -> argparse.Namespace:
+    from mmserve.engine.replicas import default_threads
+
+    threads = default_threads()  # the server's default: half the cores
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds (default 5)")
     parser.add_argument("--max-tokens", type=int, default=128, help="tokens per request")
     parser.add_argument(
-        "--threads", type=int, default=THREADS, help=f"CPU threads for both (default {THREADS})"
+        "--threads",
+        type=int,
+        default=threads,
+        help=f"CPU threads for both (default {threads}: the server's default, half the cores)",
     )
     return parser.parse_args()
 
