@@ -48,11 +48,17 @@ def test_chat_model_asked_to_embed(client: openai.OpenAI) -> None:
     assert "does not support embeddings" in info.value.message
 
 
-def test_failed_load_is_503_with_the_reason(client: openai.OpenAI) -> None:
+def test_failed_load_is_503_with_the_reason(client: openai.OpenAI, fake_server) -> None:
     with pytest.raises(openai.InternalServerError) as info:
         chat(client, "broken")
     assert info.value.status_code == 503
     assert "weights are corrupt" in info.value.message
+    broken = fake_server.model("broken")
+    assert broken["state"] == "failed" and "weights are corrupt" in broken["last_error"]
+    # Asked again at once, it answers from the recorded failure: no load in a tight loop.
+    with pytest.raises(openai.InternalServerError):
+        chat(client, "broken")
+    assert fake_server.model("broken")["loads"] == broken["loads"]
 
 
 def test_prompt_longer_than_the_context(client: openai.OpenAI) -> None:
