@@ -60,7 +60,19 @@ def test_completion_prompts_and_default_max_tokens() -> None:
     one = wire.CompletionRequest(model="m", prompt="x")
     many = wire.CompletionRequest(model="m", prompt=["x", "y"])
     assert one.prompts == ["x"] and many.prompts == ["x", "y"]
-    assert one.max_tokens == 16  # OpenAI's default for completions
+    assert convert.completion_request(one, "x", None).sampling.max_tokens == 16  # OpenAI's default
+    assert convert.completion_request(one, "x", 5).sampling.max_tokens == 5  # within the cap
+    with pytest.raises(ValidationError, match="empty"):
+        wire.CompletionRequest(model="m", prompt=["x", ""])
+
+
+def test_lone_surrogates_are_refused_at_the_edge() -> None:
+    with pytest.raises(ValidationError, match="lone surrogate"):
+        chat_body(messages=[{"role": "user", "content": "\udfff"}])
+    with pytest.raises(ValidationError, match="lone surrogate"):
+        wire.EmbeddingRequest(model="m", input=["fine", "\ud800"])
+    with pytest.raises(ValidationError, match="lone surrogate"):
+        chat_body(stop="\ud800")
 
 
 def test_embedding_input_forms() -> None:

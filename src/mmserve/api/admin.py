@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mmserve.api.openai import manager_of
 from mmserve.config import DEVICE_PATTERN
+from mmserve.engine.devices import check_device
 
 __all__ = ["health_router", "router"]
 
@@ -42,7 +43,9 @@ async def add_replica(
 ) -> dict[str, Any]:
     """One more replica of `model` on a device (default cpu); loads the model if none runs."""
     target = manager_of(request).get(model)
-    await target.add_replica((body or AddReplicaRequest()).device)
+    device = (body or AddReplicaRequest()).device
+    check_device(device)
+    await target.add_replica(device)
     return target.status()
 
 

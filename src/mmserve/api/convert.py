@@ -74,8 +74,18 @@ def _text(message: wire.ChatMessageIn, index: int, model: str) -> str:
     return "\n".join(texts)
 
 
-def completion_request(body: wire.CompletionRequest, prompt: str) -> CompletionRequest:
-    return CompletionRequest(prompt=prompt, sampling=sampling(body))
+COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+
+
+def completion_request(
+    body: wire.CompletionRequest, prompt: str, cap: int | None
+) -> CompletionRequest:
+    """A completion; with no max_tokens asked, OpenAI's default of 16 (within the model's cap)."""
+    settings = sampling(body)
+    if settings.max_tokens is None:
+        default = min(COMPLETION_MAX_TOKENS, cap or COMPLETION_MAX_TOKENS)
+        settings = settings.model_copy(update={"max_tokens": default})
+    return CompletionRequest(prompt=prompt, sampling=settings)
 
 
 async def collect(events: AsyncIterator[TextEvent]) -> tuple[str, TextDone]:

@@ -47,14 +47,17 @@ async def prime(items: AsyncIterator[T]) -> AsyncIterator[T]:
 def _complete(
     manager: ModelManager, body: wire.CompletionRequest, prompt: str
 ) -> AsyncIterator[TextEvent]:
-    return manager.generate(body.model, "complete", convert.completion_request(body, prompt))
+    cap = manager.get(body.model).spec.max_tokens
+    return manager.generate(body.model, "complete", convert.completion_request(body, prompt, cap))
 
 
 @router.post("/chat/completions", response_model=wire.ChatCompletion)
 async def chat_completions(
     body: wire.ChatCompletionRequest, request: Request
 ) -> Response | wire.ChatCompletion:
-    events = manager_of(request).generate(body.model, "chat", convert.chat_request(body))
+    manager = manager_of(request)
+    manager.get(body.model)  # an unknown model is a 404 before anything else is judged
+    events = manager.generate(body.model, "chat", convert.chat_request(body))
     if body.stream:
         chunks = convert.chat_chunks(await prime(events), body.model, body.include_usage)
         return event_stream(chunks)

@@ -40,6 +40,27 @@ def new_id(prefix: str) -> str:
 class _In(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _valid_unicode(cls, value: object) -> object:
+        """JSON may carry lone surrogates (`"\\ud800"`), which are not text: refuse them here,
+        at the edge, rather than fail deep inside when the text is encoded for a model."""
+        texts = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        for text in texts:
+            if isinstance(text, str) and not _is_utf8(text):
+                raise ValueError(
+                    "contains a lone surrogate (\\ud800-\\udfff), which is not valid text"
+                )
+        return value
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
 
 class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -123,7 +144,7 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] = Field(min_length=1)
-    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
+    max_tokens: int | None = Field(None, ge=1, description="default 16, as OpenAI's")
     echo: bool = False
     suffix: None = Field(None, description="not supported")
     logprobs: None = Field(None, description="not supported")
@@ -134,6 +155,8 @@ class CompletionRequest(_Sampling):
     def _prompt(cls, prompt: str | list[str]) -> str | list[str]:
         if isinstance(prompt, list) and len(prompt) > 64:
             raise ValueError("at most 64 prompts per request")
+        if isinstance(prompt, list) and not all(prompt):
+            raise ValueError("prompts must not be empty strings")
         return prompt
 
     @property

@@ -103,6 +103,11 @@ class LlamaCppBackend(Backend):
 
     def complete(self, request: CompletionRequest, cancelled: Cancelled) -> Iterator[TextEvent]:
         tokens = self.llm.tokenize(request.prompt.encode(), add_bos=True, special=False)
+        if not tokens:  # an empty prompt on a model that adds no BOS: start from the BOS anyway
+            bos = self.llm.token_bos()
+            if bos < 0:
+                raise InvalidRequest("the prompt is empty and this model has no start token")
+            tokens = [bos]
         return self._generate(tokens, request.sampling, request.sampling.stop, cancelled)
 
     def embed(self, request: EmbedRequest) -> EmbedResult:

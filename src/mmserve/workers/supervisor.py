@@ -22,10 +22,11 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError
 
 from mmserve.backends.base import BackendSpec
 from mmserve.engine.logs import ModelLog
-from mmserve.errors import MMServeError, ModelUnavailable, WorkerCrashed, from_kind
+from mmserve.errors import InvalidRequest, MMServeError, ModelUnavailable, WorkerCrashed, from_kind
 from mmserve.workers.main import PARENT_PID_ENV
 from mmserve.workers.protocol import (
     PROTOCOL_VERSION,
@@ -240,7 +241,11 @@ class WorkerProcess:
         ):
             return
         # Lines are small and the child reads continuously, so no drain: this never blocks.
-        proc.stdin.write(encode(request))
+        try:
+            line = encode(request)
+        except PydanticSerializationError:  # the API refuses such text first; this is the backstop
+            raise InvalidRequest("the request holds text that is not valid Unicode") from None
+        proc.stdin.write(line)
 
     async def _read_stderr(self) -> None:
         assert self._proc and self._proc.stderr
