@@ -17,6 +17,7 @@ import httpx
 from mmserve import __version__
 from mmserve.config import Settings, load_settings, select_models
 from mmserve.errors import ConfigError
+from mmserve.logformat import configure_logging
 
 __all__ = ["main"]
 
@@ -59,6 +60,7 @@ def _serve_parser(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", choices=["text", "json"], help="json: one object per line")
     serve.add_argument("--model", action="append", help="serve only this model (repeatable)")
     serve.add_argument("--device", nargs="+", help="one replica per device: cpu, cuda:0, ...")
     serve.add_argument("--max-loaded-models", type=int, help="models loaded at once (LRU eviction)")
@@ -77,6 +79,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "host": args.host,
         "port": args.port,
         "log_level": args.log_level,
+        "log_format": args.log_format,
         "max_loaded_models": args.max_loaded_models,
         "max_memory": args.max_memory,
         "model_dirs": args.model_dir,
@@ -93,9 +96,7 @@ def serve(settings: Settings) -> None:
 
     from mmserve.api.app import create_app
 
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     if settings.host not in LOOPBACK and not settings.api_keys:
         logging.getLogger("mmserve").warning(
             "\n%s\nmmserve binds %s with NO API KEY: anyone who can reach this address can run and"
@@ -109,6 +110,7 @@ def serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,  # keep the logging configured above (text or JSON, with request ids)
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
     )
 

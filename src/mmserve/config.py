@@ -196,6 +196,7 @@ class Settings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = Field("text", description="json: one object per line")
     load_timeout: float = Field(600.0, gt=0, description="seconds a model may take to load")
     model_dirs: list[Path] = Field(
         default_factory=list,
@@ -270,7 +271,9 @@ def parse_bytes(text: str) -> int:
 
 
 ENV_PREFIX = "MMSERVE_"
-_ENV_FIELDS = ("host", "port", "log_level", "load_timeout", "max_loaded_models", "max_memory")
+_ENV_FIELDS = (
+    "host", "port", "log_level", "log_format", "load_timeout", "max_loaded_models", "max_memory",
+)  # fmt: skip
 
 
 def load_settings(

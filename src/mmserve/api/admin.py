@@ -6,7 +6,9 @@ import os
 from typing import Any
 
 from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import JSONResponse, PlainTextResponse
 
 from mmserve.api.openai import manager_of
 from mmserve.config import DEVICE_PATTERN
@@ -28,6 +30,23 @@ class AddReplicaRequest(BaseModel):
 async def health() -> dict[str, str]:
     """The process is alive and serving HTTP (says nothing about the models)."""
     return {"status": "ok"}
+
+
+@health_router.get("/ready")
+async def ready(request: Request) -> JSONResponse:
+    """200 once every model loaded at start is ready; else 503 listing those that are not."""
+    waiting = [m.status() for m in manager_of(request).preloaded() if not m.ready]
+    if not waiting:
+        return JSONResponse({"status": "ready"})
+    not_ready = [{k: m[k] for k in ("name", "state", "last_error")} for m in waiting]
+    return JSONResponse({"status": "not ready", "not_ready": not_ready}, status_code=503)
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(request: Request) -> PlainTextResponse:
+    """Prometheus metrics (text exposition format)."""
+    registry = request.app.state.metrics.registry
+    return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/api/v1/")

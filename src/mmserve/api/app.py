@@ -13,7 +13,8 @@ from starlette.responses import JSONResponse
 
 from mmserve import __version__
 from mmserve.api import admin, compat, openai
-from mmserve.api.middleware import ApiKeyAuth, BodyLimit
+from mmserve.api.metrics import HttpMetrics, Metrics
+from mmserve.api.middleware import ApiKeyAuth, BodyLimit, RequestId
 from mmserve.config import Settings
 from mmserve.engine.manager import ModelManager
 from mmserve.errors import InvalidRequest, MMServeError, PermissionDenied
@@ -27,7 +28,9 @@ def create_app(settings: Settings) -> FastAPI:
     """The server for `settings`. Models start loading when the app starts (its lifespan)."""
     app = FastAPI(title="mmserve", version=__version__, lifespan=lifespan)
     app.state.settings = settings
-    app.state.manager = ModelManager(settings)
+    app.state.metrics = metrics = Metrics()
+    app.state.manager = ModelManager(settings, telemetry=metrics)
+    metrics.watch(app.state.manager)
     inference = [Depends(require_scope("inference"))]
     admin_only = [Depends(require_scope("admin"))]
     app.include_router(openai.router, prefix="/v1", dependencies=inference)
@@ -37,9 +40,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(admin.health_router)
     app.include_router(admin.router, dependencies=admin_only)
     app.include_router(compat.router, dependencies=admin_only)
+    # The last added runs first: request id, then metrics (401s count too), keys, body limit.
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     if settings.api_keys:
         app.add_middleware(ApiKeyAuth, keys=settings.api_keys)
+    app.add_middleware(HttpMetrics, metrics=metrics)
+    app.add_middleware(RequestId)
     app.add_exception_handler(MMServeError, on_mmserve_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, on_validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, on_http_error)  # type: ignore[arg-type]
@@ -51,10 +57,24 @@ def create_app(settings: Settings) -> FastAPI:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     manager: ModelManager = app.state.manager
     manager.start()
+    banner(app.state.settings, manager)
     try:
         yield
     finally:
         await manager.stop()
+
+
+def banner(settings: Settings, manager: ModelManager) -> None:
+    """A few lines at start: where to reach the server, what it serves, how it is guarded."""
+    keys = f"on ({len(settings.api_keys)})" if settings.api_keys else "off"
+    models = ", ".join(
+        f"{m.spec.name} ({m.spec.kind}, {m.state.value})" for m in manager.models.values()
+    )
+    log.info(
+        "mmserve %s on http://%s:%d  API keys: %s", __version__, settings.host, settings.port, keys
+    )
+    log.info("models: %s", models or "none configured")
+    log.info("logs: stderr as %s; each model's log and state: GET /api/v1/", settings.log_format)
 
 
 def require_scope(scope: str) -> Callable[[Request], None]:

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
+import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mmserve.config import ApiKey
 from mmserve.errors import MMServeError, PayloadTooLarge, Unauthorized
+from mmserve.logformat import REQUEST_ID
 
-__all__ = ["OPEN_PATHS", "ApiKeyAuth", "BodyLimit", "send_error"]
+__all__ = ["OPEN_PATHS", "ApiKeyAuth", "BodyLimit", "RequestId", "send_error"]
 
-# Reachable without a key: a liveness probe must work before anyone has a key.
-OPEN_PATHS = frozenset({"/health"})
+# Reachable without a key: liveness and readiness probes must work before anyone has a key.
+OPEN_PATHS = frozenset({"/health", "/ready"})
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
 
 async def send_error(send: Send, error: MMServeError) -> None:
@@ -103,3 +107,32 @@ class BodyLimit:
         return PayloadTooLarge(
             f"the request body is larger than {self.limit} bytes (max_body_bytes)"
         )
+
+
+class RequestId:
+    """Every reply carries `x-request-id`: the client's own (if it is a sane token) or a new one.
+    Log records written while the request runs carry it too (see logformat.REQUEST_ID)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"")
+        rid = given.decode() if _REQUEST_ID.match(given) else uuid.uuid4().hex
+
+        async def tagged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())],
+                }
+            await send(message)
+
+        token = REQUEST_ID.set(rid)
+        try:
+            await self.app(scope, receive, tagged)
+        finally:
+            REQUEST_ID.reset(token)

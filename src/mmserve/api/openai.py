@@ -31,6 +31,12 @@ def manager_of(request: Request) -> ModelManager:
     return manager
 
 
+def resolve(request: Request, name: str) -> None:
+    """Check that model `name` exists (404 otherwise) and label the request's metrics with it:
+    a configured model's name, never raw input, keeps the metrics' label values bounded."""
+    request.state.model = manager_of(request).get(name).spec.name
+
+
 async def prime(items: AsyncIterator[T]) -> AsyncIterator[T]:
     """Pull the first item now, so that an unknown model, a failed load or a prompt that is too
     long answers with its own status code before a stream's headers go out."""
@@ -55,9 +61,8 @@ def _complete(
 async def chat_completions(
     body: wire.ChatCompletionRequest, request: Request
 ) -> Response | wire.ChatCompletion:
-    manager = manager_of(request)
-    manager.get(body.model)  # an unknown model is a 404 before anything else is judged
-    events = manager.generate(body.model, "chat", convert.chat_request(body))
+    resolve(request, body.model)  # an unknown model is a 404 before anything else is judged
+    events = manager_of(request).generate(body.model, "chat", convert.chat_request(body))
     if body.stream:
         chunks = convert.chat_chunks(await prime(events), body.model, body.include_usage)
         return event_stream(chunks)
@@ -75,6 +80,7 @@ async def chat_completions(
 
 @router.post("/completions", response_model=wire.Completion)
 async def completions(body: wire.CompletionRequest, request: Request) -> Response | wire.Completion:
+    resolve(request, body.model)
     manager = manager_of(request)
     if body.stream:
         streams = [(p, _complete(manager, body, p)) for p in body.prompts]
@@ -106,6 +112,7 @@ async def _complete_all(manager: ModelManager, body: wire.CompletionRequest) -> 
 
 @router.post("/embeddings", response_model=wire.EmbeddingResponse)
 async def embeddings(body: wire.EmbeddingRequest, request: Request) -> wire.EmbeddingResponse:
+    resolve(request, body.model)
     work = manager_of(request).embed(body.model, EmbedRequest(inputs=body.inputs), body.dimensions)
     result = await cancel_on_disconnect(request, work)
     return convert.embedding_response(result, body.model, body.encoding_format)

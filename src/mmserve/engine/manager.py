@@ -18,12 +18,15 @@ from mmserve.config import ModelSpec, Settings
 from mmserve.engine.eviction import Resident, plan_eviction
 from mmserve.engine.model import Model, ModelState
 from mmserve.engine.replicas import ProcessReplica, TextOp
+from mmserve.engine.telemetry import NullTelemetry, Telemetry
 from mmserve.engine.types import (
     Capability,
     ChatRequest,
     CompletionRequest,
     EmbedRequest,
     EmbedResult,
+    TextDelta,
+    TextDone,
     TextEvent,
 )
 from mmserve.errors import Conflict, InvalidRequest, MMServeError, ModelNotFound, ModelUnavailable
@@ -36,8 +39,9 @@ MB = 2**20
 class ModelManager:
     """One per server; every method runs on the event loop's thread."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, telemetry: Telemetry | None = None) -> None:
         self.settings = settings
+        self.telemetry: Telemetry = telemetry or NullTelemetry()
         self.models: dict[str, Model] = {}
         self._by_name: dict[str, Model] = {}
         self.evictions = 0
@@ -59,6 +63,7 @@ class ModelManager:
         model = Model(
             spec,
             self.settings,
+            telemetry=self.telemetry,
             make_room=self._make_room,
             on_change=self._room_changed.set,
         )
@@ -88,10 +93,16 @@ class ModelManager:
         """Stream one generation from model `name`, holding its lease until the end."""
         model = self.get(name)
         request = request.model_copy(update={"sampling": model.check_sampling(request.sampling)})
+        started, first = time.monotonic(), True
         async with model.lease(op) as replica:
             events = replica.generate(op, request)
             async with contextlib.aclosing(events):
                 async for event in events:
+                    if first and isinstance(event, TextDelta):
+                        self.telemetry.first_token(model.spec.name, time.monotonic() - started)
+                        first = False
+                    if isinstance(event, TextDone):
+                        self.telemetry.generated(model.spec.name, event.completion_tokens)
                     yield event
 
     async def embed(
@@ -106,19 +117,25 @@ class ModelManager:
                     f"model {name!r} gives {replica.info.dimensions} dimensions, not {dimensions}",
                     param="dimensions",
                 )
-            return await replica.embed(request)
+            result = await replica.embed(request)
+        self.telemetry.embedded(model.spec.name, len(request.inputs))
+        return result
 
     # ---- start and stop ----------------------------------------------------------------------
 
     def start(self) -> None:
         """Begin loading the models marked `preload`, as many as `max_loaded_models` allows;
         the rest load on their first request."""
-        limit = self.settings.max_loaded_models
-        preload = [m for m in self.models.values() if m.spec.preload][:limit]
-        for model in preload:
+        for model in self.preloaded():
             task = asyncio.create_task(self._preload(model))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+
+    def preloaded(self) -> list[Model]:
+        """The models loaded at start: those marked `preload`, up to max_loaded_models."""
+        return [m for m in self.models.values() if m.spec.preload][
+            : self.settings.max_loaded_models
+        ]
 
     async def stop(self) -> None:
         for task in list(self._background):
@@ -152,6 +169,7 @@ class ModelManager:
                 victim = self.models[name]
                 victim.log.event(f"evicted to make room for {incoming.spec.name!r}")
                 self.evictions += 1
+                self.telemetry.evicted(name)
                 await victim.unload()
 
     async def _wait_for_room(self, incoming: Model, need: int) -> list[str]:

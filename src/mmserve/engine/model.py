@@ -33,6 +33,7 @@ from mmserve.config import ModelSpec, Settings
 from mmserve.engine.logs import ModelLog
 from mmserve.engine.replicas import ProcessReplica
 from mmserve.engine.scheduler import Admission
+from mmserve.engine.telemetry import Telemetry
 from mmserve.engine.types import Capability, Sampling
 from mmserve.errors import (
     Conflict,
@@ -75,11 +76,13 @@ class Model:
         spec: ModelSpec,
         settings: Settings,
         *,
+        telemetry: Telemetry,
         make_room: MakeRoom,
         on_change: Callable[[], None],
     ) -> None:
         self.spec = spec
         self.settings = settings
+        self.telemetry = telemetry
         self.load_timeout = settings.load_timeout
         self.drain_timeout = settings.drain_timeout
         self._make_room = make_room
@@ -286,6 +289,8 @@ class Model:
         self.replicas = replicas
         self.state = ModelState.READY
         self.last_used = time.time()
+        for replica in replicas:
+            self.telemetry.loaded(self.spec.name, replica.load_seconds or 0.0)
         self.log.event(f"ready: pids {', '.join(str(r.pid) for r in replicas)}")
         self._arm_expiry()
 
@@ -355,6 +360,7 @@ class Model:
                 )
             return
         self.restarts += 1
+        self.telemetry.restarted(self.spec.name)
         self.replicas.append(replica)
         self.state = ModelState.READY
         self.log.event(f"restarted: pid {replica.pid} on {device}")

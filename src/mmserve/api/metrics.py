@@ -1,0 +1,134 @@
+"""Prometheus metrics: what the engine reports (Telemetry), what the HTTP layer sees, and the
+models' state read at scrape time. Label values are bounded: configured model names and route
+templates, never raw paths or other user input."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mmserve.engine.manager import ModelManager
+from mmserve.engine.model import ModelState
+
+__all__ = ["HttpMetrics", "Metrics"]
+
+# Seconds: from a few ms (embeddings, errors) to minutes (long generations, cold loads).
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    """One registry per app (tests start many apps in one process). Implements Telemetry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "mmserve_requests", "HTTP requests answered", ["model", "route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "mmserve_request_seconds", "HTTP request latency, to the last byte", ["model", "route"],
+            buckets=BUCKETS, registry=r,
+        )  # fmt: skip
+        self.ttft = Histogram(
+            "mmserve_time_to_first_token_seconds", "from admission to the first generated text",
+            ["model"], buckets=BUCKETS, registry=r,
+        )  # fmt: skip
+        self.tokens = Counter("mmserve_generated_tokens", "tokens generated", ["model"], registry=r)
+        self.inputs = Counter("mmserve_embedding_inputs", "texts embedded", ["model"], registry=r)
+        self.load_seconds = Histogram(
+            "mmserve_replica_load_seconds", "time to start one replica, spawn to ready", ["model"],
+            buckets=BUCKETS, registry=r,
+        )  # fmt: skip
+        self.evictions = Counter(
+            "mmserve_evictions", "models evicted to make room", ["model"], registry=r
+        )
+        self.restarts = Counter(
+            "mmserve_worker_restarts", "crashed replicas restarted", ["model"], registry=r
+        )
+
+    def watch(self, manager: ModelManager) -> None:
+        """Report the models' live state (queues, replicas, memory) at every scrape."""
+        self.registry.register(ModelStateCollector(manager))
+
+    # ---- Telemetry -----------------------------------------------------------------------------
+
+    def first_token(self, model: str, seconds: float) -> None:
+        self.ttft.labels(model).observe(seconds)
+
+    def generated(self, model: str, tokens: int) -> None:
+        self.tokens.labels(model).inc(tokens)
+
+    def embedded(self, model: str, inputs: int) -> None:
+        self.inputs.labels(model).inc(inputs)
+
+    def loaded(self, model: str, seconds: float) -> None:
+        self.load_seconds.labels(model).observe(seconds)
+
+    def evicted(self, model: str) -> None:
+        self.evictions.labels(model).inc()
+
+    def restarted(self, model: str) -> None:
+        self.restarts.labels(model).inc()
+
+
+class ModelStateCollector(Collector):
+    def __init__(self, manager: ModelManager) -> None:
+        self.manager = manager
+
+    def collect(self) -> Iterator[Metric]:
+        queue = GaugeMetricFamily(
+            "mmserve_queue_depth", "requests waiting for a replica", labels=["model"]
+        )
+        running = GaugeMetricFamily("mmserve_in_flight", "requests running", labels=["model"])
+        states = GaugeMetricFamily(
+            "mmserve_model_state", "1 for the model's current state", labels=["model", "state"]
+        )
+        replicas = GaugeMetricFamily("mmserve_replicas", "running replicas", labels=["model"])
+        memory = GaugeMetricFamily(
+            "mmserve_replica_resident_bytes",
+            "resident memory of each replica",
+            labels=["model", "replica"],
+        )
+        for name, model in self.manager.models.items():
+            queue.add_metric([name], model.admission.waiting)
+            running.add_metric([name], model.in_flight)
+            replicas.add_metric([name], len(model.replicas))
+            for state in ModelState:
+                states.add_metric([name, state.value], 1.0 if model.state is state else 0.0)
+            for index, replica in enumerate(model.replicas):
+                memory.add_metric([name, str(index)], replica.resident_bytes() or 0)
+        yield from (queue, running, states, replicas, memory)
+
+
+class HttpMetrics:
+    """ASGI middleware: count every answered request by model, route template and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        status = 500  # if the app fails before answering
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            model = scope.get("state", {}).get("model", "")  # set by handlers, a configured name
+            self.metrics.requests.labels(model, route, str(status)).inc()
+            self.metrics.latency.labels(model, route).observe(time.monotonic() - started)
