@@ -43,10 +43,7 @@ import contextlib
 import gc
 import json
 import os
-import platform
-import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -57,11 +54,24 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import psutil
-import yaml
+
+from common import (
+    CpuMeter,
+    describe_environment,
+    is_healthy,
+    median_ratios,
+    medians,
+    omp_env,
+    start_server,
+    stop_server,
+    tail,
+    wait_until,
+    write_config,
+)
 
 MODEL = "smollm2"
 SOURCE = "catalog:smollm2"
@@ -76,8 +86,6 @@ LABELS = {
     "in-process": "direct, in-process",
 }
 
-T = TypeVar("T")
-
 
 @dataclass(frozen=True)
 class Sample:
@@ -86,45 +94,6 @@ class Sample:
     first_token_s: float
     phases: dict[str, float] = field(default_factory=dict)  # name -> seconds, in order
     others: float = 0.0  # CPU cores that other programs kept busy meanwhile (noise)
-
-
-class CpuMeter:
-    """How busy the machine was with work other than ours: the noise on a shared box.
-
-    Ours is this process and its descendants (the server, its model process, the direct child).
-    Others' is the CPU time of every other process alive at the end of the measurement (all of it
-    if it started meanwhile), plus steal time. Processes that start and end within one
-    measurement go unseen.
-    """
-
-    def __init__(self, pids: list[int]) -> None:
-        self.roots = [psutil.Process(pid) for pid in pids]
-
-    def measure(self, run: Callable[[], T]) -> tuple[T, float]:
-        before, steal, start = self._others(), self._steal(), time.perf_counter()
-        result = run()
-        wall = time.perf_counter() - start
-        used = sum(cpu - before.get(key, 0.0) for key, cpu in self._others().items())
-        return result, (used + self._steal() - steal) / wall
-
-    def _ours(self) -> set[int]:
-        pids = set()
-        for root in self.roots:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                pids |= {root.pid, *(child.pid for child in root.children(recursive=True))}
-        return pids
-
-    def _others(self) -> dict[tuple[int, float], float]:
-        ours, times = self._ours(), {}
-        for proc in psutil.process_iter(["create_time", "cpu_times"]):
-            cpu = proc.info["cpu_times"]
-            if proc.pid not in ours and cpu is not None:
-                times[proc.pid, proc.info["create_time"]] = cpu.user + cpu.system
-        return times
-
-    @staticmethod
-    def _steal() -> float:
-        return float(getattr(psutil.cpu_times(), "steal", 0.0))
 
 
 def tree_rss(pid: int) -> int:
@@ -140,84 +109,28 @@ def tree_rss(pid: int) -> int:
 # --- (a) mmserve, on demand ----------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def write_config(directory: Path) -> Path:
-    model = {"name": MODEL, "kind": "llm", "source": SOURCE, "preload": False, "keep_alive": -1}
-    path = directory / "config.yaml"
-    path.write_text(yaml.safe_dump({"models": [model]}))
-    return path
-
-
-def wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{tail(log)}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"server not healthy after {timeout} s:\n{tail(log)}")
-
-
-def tail(log: Path, chars: int = 4000) -> str:
-    return log.read_text(errors="replace")[-chars:]
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server and wait; then make sure none of its children outlived it.
-
-    The children are those seen now: a child the server started after a SIGTERM already sent to
-    it (see `mmserve_server`) would be missed; the server stops its children itself.
-    """
-    children = []
-    with contextlib.suppress(psutil.NoSuchProcess):
-        children = psutil.Process(proc.pid).children(recursive=True)
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    _, alive = psutil.wait_procs(children, timeout=10)
-    for child in alive:
-        print(f"warning: child pid {child.pid} outlived the server; killing it")
-        with contextlib.suppress(psutil.NoSuchProcess):
-            child.kill()
-
-
 @contextlib.contextmanager
 def mmserve_server(directory: Path) -> Iterator[tuple[str, int, Path]]:
     """A real `mmserve serve` subprocess, healthy, nothing loaded; yields URL, pid and log."""
-    port = free_port()
-    config = write_config(directory)
+    model = {"name": MODEL, "kind": "llm", "source": SOURCE, "preload": False, "keep_alive": -1}
     log = directory / "server.log"
-    command = [sys.executable, "-m", "mmserve", "serve", "--config", str(config)]
-    command += ["--port", str(port)]
-    env = {k: v for k, v in os.environ.items() if k != "MMSERVE_CONFIG"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    proc, url = start_server(write_config(directory, {"models": [model]}), log)
 
-        def on_sigterm(signum: int, frame: object) -> None:
-            # Tell the server first: the exit below can be lost if the signal lands inside a
-            # ctypes callback of llama.cpp (the in-process contender), which swallows exceptions.
-            proc.send_signal(signal.SIGTERM)
-            sys.exit(128 + signum)
+    def on_sigterm(signum: int, frame: object) -> None:
+        # Tell the server first: the exit below can be lost if the signal lands inside a
+        # ctypes callback of llama.cpp (the in-process contender), which swallows exceptions.
+        proc.send_signal(signal.SIGTERM)
+        sys.exit(128 + signum)
 
-        previous = signal.signal(signal.SIGTERM, on_sigterm)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_healthy(proc, url, log)
-            yield url, proc.pid, log
-        finally:
-            stop(proc)
-            signal.signal(signal.SIGTERM, previous)
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        wait_until(
+            proc, log, lambda: is_healthy(url), timeout=120, interval=0.1, what="server not healthy"
+        )
+        yield url, proc.pid, log
+    finally:
+        stop_server(proc)
+        signal.signal(signal.SIGTERM, previous)
 
 
 class Mmserve:
@@ -316,7 +229,7 @@ CHILD_PHASES = {
 class DirectProcess:
     def __init__(self, model_path: Path, threads: int) -> None:
         self.args = [str(model_path), str(threads), str(CONTEXT), str(MAX_TOKENS), PROMPT]
-        self.env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(threads)}
+        self.env = {**os.environ, **omp_env(threads)}
         self.proc: subprocess.Popen[str] | None = None
 
     def request(self) -> Sample:
@@ -424,16 +337,13 @@ def show(label: str, name: str, sample: Sample) -> None:
 
 
 def report(samples: dict[str, list[Sample]]) -> None:
-    def median(name: str, of: Callable[[Sample], float]) -> float:
-        return statistics.median(of(s) for s in samples[name])
-
+    first = medians(samples, lambda s: s.first_token_s)
+    others = medians(samples, lambda s: s.others)
     print()
     print(f"| {'contender':<26} | median first token ms | others busy (cores) |")
     print(f"|{'-' * 28}|{'-' * 22}:|{'-' * 20}:|")
     for name in samples:
-        first = median(name, lambda s: s.first_token_s) * 1000
-        others = median(name, lambda s: s.others)
-        print(f"| {LABELS[name]:<26} | {first:>21.1f} | {others:>19.2f} |")
+        print(f"| {LABELS[name]:<26} | {first[name] * 1000:>21.1f} | {others[name]:>19.2f} |")
     print("\nmedian ms per phase:")
     for name, runs in samples.items():
         phases = ", ".join(
@@ -442,11 +352,11 @@ def report(samples: dict[str, list[Sample]]) -> None:
         )
         print(f"  {LABELS[name]:<26} {phases}")
     print()
-    mmserve = median("mmserve", lambda s: s.first_token_s)
     for base in ("process", "in-process"):
-        ratio = mmserve / median(base, lambda s: s.first_token_s)
-        pairs = zip(samples["mmserve"], samples[base], strict=True)
-        paired = statistics.median(m.first_token_s / b.first_token_s for m, b in pairs)
+        ratio, paired = median_ratios(
+            [s.first_token_s for s in samples["mmserve"]],
+            [s.first_token_s for s in samples[base]],
+        )
         print(
             f"ratio mmserve/{base}, time to first token: {ratio:.2f} of the medians, "
             f"{paired:.2f} median of each round's ratio"
@@ -467,28 +377,15 @@ def report_memory(started: int, server: Mmserve, final: int) -> None:
     print(f"  after each unload, in order: {', '.join(f'{b / MIB:.1f}' for b in server.unloaded)}")
 
 
-def describe_environment() -> None:
+def versions() -> list[str]:
+    """The versions the report names besides mmserve's and python's."""
     import llama_cpp
 
-    import mmserve
-
-    memory = psutil.virtual_memory().total / 2**30
-    print(f"machine:  {platform.machine()}, {os.cpu_count()} cores, {memory:.1f} GiB memory")
-    print(f"          {cpu_model()}, {platform.platform()}")
-    print(
-        f"versions: mmserve {mmserve.__version__}, llama-cpp-python {llama_cpp.__version__}, "
-        f"httpx {version('httpx')}, psutil {psutil.__version__}, "
-        f"python {platform.python_version()}"
-    )
-    print(f"command:  {shlex.join([sys.executable, *sys.argv])}")
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+    return [
+        f"llama-cpp-python {llama_cpp.__version__}",
+        f"httpx {version('httpx')}",
+        f"psutil {psutil.__version__}",
+    ]
 
 
 def parse_args() -> argparse.Namespace:
@@ -505,10 +402,9 @@ def main() -> None:
     threads = default_threads()
     # As the server does for its model processes: OpenMP threads sleep instead of spinning.
     # Set before llama_cpp is imported (the library reads it when it loads).
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ.update(omp_env(threads))
     model_path = resolve_source(SOURCE)
-    describe_environment()
+    describe_environment(versions())
     print(f"model:    {model_path.name}, {threads} threads (server default), context {CONTEXT}")
     print(f"prompt:   {PROMPT!r}, max_tokens {MAX_TOKENS}, temperature 0")
     print(f"rounds:   {args.rounds} after one warm-up round\n")

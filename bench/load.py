@@ -38,12 +38,7 @@ import asyncio
 import contextlib
 import json
 import math
-import os
-import platform
 import random
-import shlex
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,8 +51,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
-import yaml
+
+from common import (
+    describe_environment,
+    models_ready,
+    start_server,
+    stop_server,
+    tail,
+    wait_until,
+    write_config,
+)
 
 KINDS = ("chat", "chat-stream", "completion", "embedding")
 MODELS = [
@@ -201,70 +204,28 @@ async def run_load(
 # ---- its own server --------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def tail(log: Path, chars: int = 4000) -> str:
-    return log.read_text(errors="replace")[-chars:]
-
-
 @contextlib.contextmanager
 def own_server(directory: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`python -m mmserve serve` with the three built-in models, their loads done."""
-    config = directory / "config.yaml"
-    config.write_text(yaml.safe_dump({"model_dirs": [], "models": [{**m, **CAPS} for m in MODELS]}))
-    port = free_port()
+    config = {"model_dirs": [], "models": [{**m, **CAPS} for m in MODELS]}
     log = directory / "server.log"
-    command = [sys.executable, "-m", "mmserve", "serve", "--config", str(config)]
-    command += ["--port", str(port)]
-    env = {k: v for k, v in os.environ.items() if k != "MMSERVE_CONFIG"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_server(write_config(directory, config), log)
     try:
-        wait_ready(proc, url, log)
+        wait_until(
+            proc,
+            log,
+            lambda: models_ready(url, log),
+            timeout=600,
+            interval=0.2,
+            what="models not ready",
+            retry_on=(httpx.TransportError, ValueError, KeyError),
+        )
         yield url, proc
     finally:
-        stop(proc)
+        stop_server(proc, timeout=60)
         errors = [line for line in tail(log, 200_000).splitlines() if " ERROR " in line]
         if errors:
             print(f"\nthe server logged {len(errors)} ERROR lines; the first: {errors[0]}")
-
-
-def wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{tail(log)}")
-        with contextlib.suppress(httpx.TransportError, ValueError, KeyError):
-            models = httpx.get(f"{url}/api/v1/", timeout=5).json()["models"]
-            if all(m["state"] == "ready" for m in models):
-                return
-            if any(m["state"] == "failed" for m in models):
-                raise RuntimeError(f"a model failed to load:\n{tail(log)}")
-        time.sleep(0.2)
-    raise TimeoutError(f"models not ready after {timeout} s:\n{tail(log)}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    children = []
-    with contextlib.suppress(psutil.NoSuchProcess):
-        children = psutil.Process(proc.pid).children(recursive=True)
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    _, alive = psutil.wait_procs(children, timeout=10)
-    for child in alive:
-        print(f"warning: child pid {child.pid} outlived the server; killing it")
-        with contextlib.suppress(psutil.NoSuchProcess):
-            child.kill()
 
 
 # ---- the report ------------------------------------------------------------------------------
@@ -341,34 +302,22 @@ def print_models(url: str) -> None:
             )
 
 
-def describe_environment(url: str | None) -> None:
-    import mmserve
-
-    memory = psutil.virtual_memory().total / 2**30
-    print(f"machine:  {platform.machine()}, {os.cpu_count()} cores, {memory:.1f} GiB memory")
-    print(f"          {cpu_model()}, {platform.platform()}")
-    engines = []
+def versions() -> list[str]:
+    """The versions the report names besides mmserve's and python's: the engines', httpx's."""
+    found = []
     for package in ("llama-cpp-python", "sentence-transformers", "torch"):
         with contextlib.suppress(Exception):
-            engines.append(f"{package} {version(package)}")
-    print(
-        f"versions: mmserve {mmserve.__version__}, {', '.join(engines)}, "
-        f"httpx {version('httpx')}, python {platform.python_version()}"
-    )
-    print(f"command:  {shlex.join([sys.executable, *sys.argv])}")
+            found.append(f"{package} {version(package)}")
+    return [*found, f"httpx {version('httpx')}"]
+
+
+def describe_server(url: str | None) -> None:
+    """Print which server the clients target: its own (with the caps) or `url`."""
     if url is None:
         caps = ", ".join(f"{k} {v}" for k, v in CAPS.items())
         print(f"server:   its own, python -m mmserve serve: smollm2, gemma3-270m, minilm ({caps})")
     else:
         print(f"server:   {url}")
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def parse_args() -> argparse.Namespace:
@@ -390,7 +339,8 @@ def run(url: str, args: argparse.Namespace) -> bool:
 
 def main() -> None:
     args = parse_args()
-    describe_environment(args.url)
+    describe_environment(versions())
+    describe_server(args.url)
     if args.url:
         passed = run(args.url.rstrip("/"), args)
     else:

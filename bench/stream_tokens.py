@@ -33,13 +33,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
-import shlex
-import signal
-import socket
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -48,11 +41,22 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import httpx
-import psutil
-import yaml
 from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
+
+from common import (
+    CpuMeter,
+    describe_environment,
+    is_healthy,
+    median_ratios,
+    medians,
+    models_ready,
+    omp_env,
+    start_server,
+    terminate,
+    wait_until,
+    write_config,
+)
 
 MODEL = "smollm2"
 SOURCE = "catalog:smollm2"
@@ -102,56 +106,12 @@ class Stream:
         return Sample(self.first - self.start, tokens, self.last - self.first, text)
 
 
-class CpuMeter:
-    """How busy the machine was with work other than ours: the noise on a shared box.
-
-    Ours is this process, the server and its model process. Others' is the CPU time of every
-    other process alive at the end of the request (all of it if it started meanwhile), plus the
-    steal time (the host running other virtual machines on our CPUs). Processes that start and
-    end within one request go unseen.
-    """
-
-    def __init__(self, pids: list[int]) -> None:
-        self.roots = [psutil.Process(pid) for pid in pids]
-
-    def measure(self, run: Callable[[], Sample]) -> Sample:
-        before, steal, start = self._others(), self._steal(), time.perf_counter()
-        sample = run()
-        wall = time.perf_counter() - start
-        used = sum(cpu - before.get(key, 0.0) for key, cpu in self._others().items())
-        return replace(sample, others=(used + self._steal() - steal) / wall)
-
-    def _ours(self) -> set[int]:
-        pids = set()
-        for root in self.roots:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                pids |= {root.pid, *(child.pid for child in root.children(recursive=True))}
-        return pids
-
-    def _others(self) -> dict[tuple[int, float], float]:
-        """CPU seconds of every other process, by (pid, start time)."""
-        ours, times = self._ours(), {}
-        for proc in psutil.process_iter(["create_time", "cpu_times"]):
-            cpu = proc.info["cpu_times"]
-            if proc.pid not in ours and cpu is not None:
-                times[proc.pid, proc.info["create_time"]] = cpu.user + cpu.system
-        return times
-
-    @staticmethod
-    def _steal() -> float:
-        return float(getattr(psutil.cpu_times(), "steal", 0.0))
-
-
 # --- (a) mmserve over HTTP ---------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def write_config(directory: Path, threads: int) -> Path:
+@contextlib.contextmanager
+def mmserve_server(directory: Path, threads: int) -> Iterator[tuple[str, int]]:
+    """A real `mmserve serve` subprocess with only the benchmark model; yields its URL and pid."""
     model = {
         "name": MODEL,
         "kind": "llm",
@@ -159,61 +119,20 @@ def write_config(directory: Path, threads: int) -> Path:
         "threads": threads,
         "context_length": CONTEXT,
     }
-    path = directory / "config.yaml"
-    path.write_text(yaml.safe_dump({"models": [model]}))
-    return path
-
-
-def wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float = 300) -> None:
-    """Wait until /health answers 200 and the model's state is `ready`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{tail(log)}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                states = [
-                    m["state"] for m in httpx.get(f"{url}/api/v1/", timeout=5).json()["models"]
-                ]
-                if states == ["ready"]:
-                    return
-                if "failed" in states:
-                    raise RuntimeError(f"the model failed to load:\n{tail(log)}")
-        time.sleep(0.2)
-    raise TimeoutError(f"server not ready after {timeout} s:\n{tail(log)}")
-
-
-def tail(log: Path, chars: int = 4000) -> str:
-    return log.read_text(errors="replace")[-chars:]
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@contextlib.contextmanager
-def mmserve_server(directory: Path, threads: int) -> Iterator[tuple[str, int]]:
-    """A real `mmserve serve` subprocess with only the benchmark model; yields its URL and pid."""
-    port = free_port()
-    config = write_config(directory, threads)
     log = directory / "server.log"
-    command = [sys.executable, "-m", "mmserve", "serve", "--config", str(config)]
-    command += ["--port", str(port)]
-    env = {k: v for k, v in os.environ.items() if k != "MMSERVE_CONFIG"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_ready(proc, url, log)
-            yield url, proc.pid
-        finally:
-            stop(proc)
+    proc, url = start_server(write_config(directory, {"models": [model]}), log)
+    try:
+        wait_until(
+            proc,
+            log,
+            lambda: is_healthy(url) and models_ready(url, log),  # /health, then the model ready
+            timeout=300,
+            interval=0.2,
+            what="server not ready",
+        )
+        yield url, proc.pid
+    finally:
+        terminate(proc)
 
 
 def mmserve_runner(url: str, max_tokens: int) -> Callable[[], Sample]:
@@ -275,17 +194,23 @@ def direct_runner(model_path: Path, max_tokens: int, threads: int) -> Callable[[
 # --- running and reporting ---------------------------------------------------------------
 
 
+def measure(meter: CpuMeter, run: Callable[[], Sample]) -> Sample:
+    """One request, with the CPU cores that other programs kept busy meanwhile."""
+    sample, others = meter.measure(run)
+    return replace(sample, others=others)
+
+
 def run_rounds(
     contenders: dict[str, Callable[[], Sample]], rounds: int, meter: CpuMeter
 ) -> dict[str, list[Sample]]:
     """One warm-up each, then `rounds` rounds alternating the order (ABBA...)."""
     for name, run in contenders.items():
-        show("warm-up", name, meter.measure(run))
+        show("warm-up", name, measure(meter, run))
     samples: dict[str, list[Sample]] = {name: [] for name in contenders}
     names = list(contenders)
     for i in range(rounds):
         for name in names if i % 2 == 0 else reversed(names):
-            sample = meter.measure(contenders[name])
+            sample = measure(meter, contenders[name])
             samples[name].append(sample)
             show(f"round {i + 1}", name, sample)
     return samples
@@ -300,9 +225,9 @@ def show(label: str, name: str, sample: Sample) -> None:
 
 
 def report(samples: dict[str, list[Sample]]) -> None:
-    tps = {name: statistics.median(s.tokens_per_s for s in runs) for name, runs in samples.items()}
-    ttft = {name: statistics.median(s.ttft_s for s in runs) for name, runs in samples.items()}
-    others = {name: statistics.median(s.others for s in runs) for name, runs in samples.items()}
+    tps = medians(samples, lambda s: s.tokens_per_s)
+    ttft = medians(samples, lambda s: s.ttft_s)
+    others = medians(samples, lambda s: s.others)
     print()
     print(f"| {'contender':<29} | median tokens/s | median TTFT ms | others busy (cores) |")
     print(f"|{'-' * 31}|{'-' * 16}:|{'-' * 15}:|{'-' * 20}:|")
@@ -312,38 +237,25 @@ def report(samples: dict[str, list[Sample]]) -> None:
             f"| {labels[name]:<29} | {tps[name]:>15.1f} | {ttft[name] * 1000:>14.1f} "
             f"| {others[name]:>19.2f} |"
         )
-    ratio = tps["mmserve"] / tps["direct"]
-    pairs = zip(samples["mmserve"], samples["direct"], strict=True)
-    paired = statistics.median(m.tokens_per_s / d.tokens_per_s for m, d in pairs)
+    ratio, paired = median_ratios(
+        [s.tokens_per_s for s in samples["mmserve"]], [s.tokens_per_s for s in samples["direct"]]
+    )
     print(f"\nratio mmserve/direct, tokens/s, of the medians: {ratio:.3f}")
     print(f"ratio mmserve/direct, tokens/s, median of each round's ratio: {paired:.3f}")
     texts = {s.text for runs in samples.values() for s in runs}
     print(f"identical output text across all requests: {len(texts) == 1}")
 
 
-def describe_environment() -> None:
+def versions() -> list[str]:
+    """The versions the report names besides mmserve's and python's."""
     import llama_cpp
     import openai
 
-    import mmserve
-
-    memory = psutil.virtual_memory().total / 2**30
-    print(f"machine:  {platform.machine()}, {os.cpu_count()} cores, {memory:.1f} GiB memory")
-    print(f"          {cpu_model()}, {platform.platform()}")
-    print(
-        f"versions: mmserve {mmserve.__version__}, llama-cpp-python {llama_cpp.__version__}, "
-        f"openai {openai.__version__}, httpx {version('httpx')}, "
-        f"python {platform.python_version()}"
-    )
-    print(f"command:  {shlex.join([sys.executable, *sys.argv])}")
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+    return [
+        f"llama-cpp-python {llama_cpp.__version__}",
+        f"openai {openai.__version__}",
+        f"httpx {version('httpx')}",
+    ]
 
 
 def parse_args() -> argparse.Namespace:
@@ -366,12 +278,11 @@ def main() -> None:
     args = parse_args()
     # As the server does for its model processes: OpenMP threads sleep instead of spinning.
     # Set before llama_cpp is imported (the library reads it when it loads).
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    os.environ.update(omp_env(args.threads))
     from mmserve.catalog import resolve_source
 
     model_path = resolve_source(SOURCE)
-    describe_environment()
+    describe_environment(versions())
     print(f"model:    {model_path.name}, {args.threads} threads, context {CONTEXT}")
     print(f"prompt:   {PROMPT!r}, max_tokens {args.max_tokens}, temperature 0, seed {SEED}")
     print(f"rounds:   {args.rounds} after one warm-up each\n")
