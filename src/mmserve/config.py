@@ -55,18 +55,24 @@ class _Strict(BaseModel):
 class ModelSpec(_Strict):
     """One model as the operator configured it."""
 
-    name: str
-    aliases: list[str] = Field(default_factory=list)
-    kind: Kind
+    name: str = Field(description="the name requests use in `model`; no slash")
+    aliases: list[str] = Field(default_factory=list, description="other names for it")
+    kind: Kind = Field(description="llm (chat, completions) or embedding")
     backend: str | None = Field(None, description="engine; defaults by kind")
     source: str | None = Field(None, description="a file or directory path, or catalog:NAME")
-    context_length: int = Field(2048, gt=0)
+    context_length: int = Field(2048, gt=0, description="context window in tokens (llama.cpp)")
     gpu_layers: int | None = Field(
         None, ge=-1, description="layers on the GPU (-1: all); default: all on cuda, none on cpu"
     )
     threads: int | None = Field(None, ge=1, description="CPU threads; default: half the cores")
-    devices: list[str] = Field(default_factory=lambda: ["cpu"], min_length=1)
-    replicas: int | None = Field(None, ge=1, description="shorthand for `devices: [cpu] * N`")
+    devices: list[str] = Field(
+        default_factory=lambda: ["cpu"],
+        min_length=1,
+        description="one replica (one process) per entry: cpu or cuda:N",
+    )
+    replicas: int | None = Field(
+        None, ge=1, description="N CPU replicas (`devices: [cpu] * N`); with devices, must match"
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="passed to the backend")
     keep_alive: float = Field(
         300.0, ge=-1, description="seconds idle before unloading; -1 never, 0 after each request"
@@ -127,10 +133,11 @@ class ModelSpec(_Strict):
         if self.source is None and backend != "fake":
             raise ValueError(f"model {self.name!r} needs a source (a path or catalog:NAME)")
         devices = self.devices
-        if self.replicas is not None:
-            if "devices" in self.model_fields_set and len(devices) != self.replicas:
+        if self.replicas is not None and "devices" in self.model_fields_set:
+            if len(devices) != self.replicas:
                 raise ValueError("replicas and devices disagree: give one or the other")
-            devices = [devices[0]] * self.replicas
+        elif self.replicas is not None:
+            devices = ["cpu"] * self.replicas
         # The spec is frozen: fill the derived fields once, here.
         object.__setattr__(self, "backend", backend)
         object.__setattr__(self, "devices", devices)
@@ -200,9 +207,9 @@ class ApiKey(_Strict):
 class Settings(_Strict):
     """The whole server configuration."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    host: str = Field("127.0.0.1", description="address to bind; beyond loopback, set api_keys")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_format: Literal["text", "json"] = Field("text", description="json: one object per line")
     load_timeout: float = Field(600.0, gt=0, description="seconds a model may take to load")
     model_dirs: list[Path] = Field(
@@ -230,7 +237,9 @@ class Settings(_Strict):
     api_keys: list[ApiKey] = Field(
         default_factory=list, description="keys clients must send; none: no authentication"
     )
-    models: list[ModelSpec] = Field(default_factory=list)
+    models: list[ModelSpec] = Field(
+        default_factory=list, description="the models to serve (none in a file: none served)"
+    )
 
     @field_validator("max_memory", mode="before")
     @classmethod

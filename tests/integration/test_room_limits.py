@@ -44,3 +44,17 @@ def test_a_model_bigger_than_max_memory(server_factory, tmp_path: Path) -> None:
     response = chat(server, "r")
     assert response.status_code == 503
     assert "needs about" in response.json()["error"]["message"]
+
+
+def test_a_model_on_an_absent_gpu_fails_with_the_reason(server_factory, tmp_path: Path) -> None:
+    server = start(
+        server_factory,
+        tmp_path,
+        "models:\n  - {name: g, kind: llm, backend: fake, devices: [cuda:7], preload: false}\n",
+    )
+    response = chat(server, "g")
+    assert response.status_code == 503
+    message = response.json()["error"]["message"]
+    assert "cuda:7" in message and "not on this machine" in message
+    assert message.count("model 'g'") == 1  # said once, not wrapped twice
+    assert server.model("g")["state"] == "failed"

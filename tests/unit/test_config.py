@@ -74,9 +74,11 @@ def test_devices_and_replicas(tmp_path: Path) -> None:
         tmp_path,
         "models:\n"
         "  - {name: a, kind: llm, backend: fake, replicas: 2}\n"
-        "  - {name: b, kind: llm, backend: fake, devices: [cuda:0, cuda:1]}\n",
+        "  - {name: b, kind: llm, backend: fake, devices: [cuda:0, cuda:1]}\n"
+        "  - {name: c, kind: llm, backend: fake, devices: [cuda:0, cuda:1], replicas: 2}\n",
     )
-    a, b = load_settings(path, env={}).models
+    a, b, c = load_settings(path, env={}).models
+    assert c.devices == ["cuda:0", "cuda:1"]
     assert a.devices == ["cpu", "cpu"] and a.replicas == 2
     assert b.devices == ["cuda:0", "cuda:1"] and b.replicas == 2
 

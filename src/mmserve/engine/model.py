@@ -30,6 +30,7 @@ from typing import Any
 
 from mmserve.catalog import catalog_entry, is_catalog_source
 from mmserve.config import ModelSpec, Settings
+from mmserve.engine.devices import check_device
 from mmserve.engine.logs import ModelLog
 from mmserve.engine.replicas import ProcessReplica
 from mmserve.engine.scheduler import Admission
@@ -49,6 +50,7 @@ RETRY_FAILED_AFTER = 10.0
 BASE_BACKOFF = 0.5  # seconds before the first restart of a crashed replica; doubles each time
 MAX_BACKOFF = 60.0
 STABLE_AFTER = 60.0  # a replica that ran this long before crashing resets the backoff
+LOG_TAIL = 20  # lines of the model's log shown in its status
 KNOWN_CAPABILITIES: tuple[Capability, ...] = ("chat", "complete", "embed")
 # What a replica process costs beyond its weights (Python, the engine, buffers): a rough guess
 # used only before a model has been loaded once; after that its measured size is used.
@@ -175,13 +177,17 @@ class Model:
             return
         recently = time.monotonic() - self._failed_at < RETRY_FAILED_AFTER
         if self.state is ModelState.FAILED and recently:
-            raise ModelUnavailable(f"model {self.spec.name!r} failed to load: {self.last_error}")
+            raise self._unavailable()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._load(self.spec.devices))
         # shield: a caller that gives up (its client left) must not cancel the load others await.
         await asyncio.shield(self._task)
         if not self.ready:
-            raise ModelUnavailable(f"model {self.spec.name!r} is not available: {self.last_error}")
+            raise self._unavailable()
+
+    def _unavailable(self) -> ModelUnavailable:
+        # Every recorded reason is a whole sentence that names the model.
+        return ModelUnavailable(self.last_error or f"model {self.spec.name!r} is not available")
 
     def check_sampling(self, sampling: Sampling) -> Sampling:
         """The sampling to run: max_tokens within the model's cap (the cap when none was asked)."""
@@ -277,6 +283,12 @@ class Model:
             self.last_error = exc.message
             self.log.event(exc.message)
             return
+        try:
+            for device in devices:
+                check_device(device)
+        except InvalidRequest as exc:
+            self._fail(f"model {self.spec.name!r} cannot load: {exc.message}")
+            return
         self.log.event(f"loading on {', '.join(devices)}")
         replicas = [self._new_replica(d) for d in devices]
         started = [r.start(self.load_timeout) for r in replicas]
@@ -334,7 +346,10 @@ class Model:
         self.replicas.remove(replica)
         uptime = time.time() - (replica.loaded_at or time.time())
         self.crashes = 1 if uptime > STABLE_AFTER else self.crashes + 1
-        self.last_error = f"replica pid {replica.pid} exited with code {replica.worker.returncode}"
+        code = replica.worker.returncode
+        self.last_error = (
+            f"model {self.spec.name!r}: replica pid {replica.pid} exited with code {code}"
+        )
         delay = min(MAX_BACKOFF, BASE_BACKOFF * 2 ** (self.crashes - 1))
         self.log.event(f"crashed: {self.last_error}; restarting in {delay:g} s")
         if not self.replicas:
@@ -404,6 +419,7 @@ class Model:
             "pinned": self.spec.pinned,
             "keep_alive": self.spec.keep_alive,
             "last_error": self.last_error,
+            "log": self.log.tail(LOG_TAIL),
             "last_used": self.last_used or None,
             "resident_bytes": self.resident_bytes(),
             "replicas": [r.status() for r in self.replicas],

@@ -55,7 +55,7 @@ def child_env(spec: BackendSpec, base: dict[str, str] | None = None) -> dict[str
     """The child's environment: its thread budget, its device, and no busy-waiting threads.
 
     OMP_WAIT_POLICY=PASSIVE matters on a shared CPU: llama.cpp's OpenMP threads otherwise spin
-    between tokens and starve the other models' processes (see MODELS.md for the figures).
+    between tokens and starve the other models' processes (figures in docs/benchmarks.md).
     """
     env = dict(os.environ if base is None else base)
     threads = str(spec.threads)
