@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 __all__ = ["LogRecord", "ModelLog"]
 
@@ -16,9 +15,6 @@ class LogRecord:
     time: float
     source: str  # "stderr" (the model's process), "event" (load, unload, crash)
     message: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class ModelLog:

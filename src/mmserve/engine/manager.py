@@ -11,16 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from mmserve.config import ModelSpec, Settings
 from mmserve.engine.eviction import Resident, plan_eviction
 from mmserve.engine.model import Model, ModelState
-from mmserve.engine.replicas import ProcessReplica, TextOp
+from mmserve.engine.replicas import TextOp
 from mmserve.engine.telemetry import NullTelemetry, Telemetry
 from mmserve.engine.types import (
-    Capability,
     ChatRequest,
     CompletionRequest,
     EmbedRequest,
@@ -80,12 +79,6 @@ class ModelManager:
             raise ModelNotFound(
                 f"the model {name!r} does not exist; available models: {known}"
             ) from None
-
-    @contextlib.asynccontextmanager
-    async def lease(self, name: str, capability: Capability) -> AsyncIterator[ProcessReplica]:
-        """A replica of model `name` that can do `capability`, held for one request."""
-        async with self.get(name).lease(capability) as replica:
-            yield replica
 
     async def generate(
         self, name: str, op: TextOp, request: ChatRequest | CompletionRequest
