@@ -67,8 +67,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def banner(settings: Settings, manager: ModelManager) -> None:
     """A few lines at start: where to reach the server, what it serves, how it is guarded."""
     keys = f"on ({len(settings.api_keys)})" if settings.api_keys else "off"
+    preloaded = manager.preloaded()
     models = ", ".join(
-        f"{m.spec.name} ({m.spec.kind}, {m.state.value})" for m in manager.models.values()
+        f"{m.spec.name} ({m.spec.kind}, {'loading' if m in preloaded else 'loads on first use'})"
+        for m in manager.models.values()
     )
     log.info(
         "mmserve %s on http://%s:%d  API keys: %s", __version__, settings.host, settings.port, keys
