@@ -3,17 +3,18 @@
 Callers use `lease()` (or `ensure_ready()`), never `state`, to decide anything.
 
     state       entered when                          a request (ensure_ready) ...
-    unloaded    at start; after an unload; after      starts one load and waits for it
-                the last replica crashed
-    loading     a load runs (room first, then the     waits for that same load
-                replicas' processes)
+    unloaded    at start; after an unload             starts one load and waits for it
+    loading     a load runs (room first, then the     waits for that same load (or restart)
+                replicas' processes); or the last
+                replica crashed and one restarts
     ready       every replica of the load is up       is served at once
     failed      the last load failed                  gets 503 with the reason; loads again
                                                       after RETRY_FAILED_AFTER seconds
     unloading   an unload drains, then stops the      waits for it to end, then loads afresh
                 replicas
 
-Only one lifecycle task (a load or an unload) runs at a time: `_task`. Everything here runs on
+Only one lifecycle task (a load, an unload or a restart) runs at a time: `_task`. A crashed
+replica among others restarts in the background while the rest serve. Everything here runs on
 the event loop's thread, so plain attributes need no lock; the points where a request could race
 a transition are marked.
 """
@@ -96,7 +97,7 @@ class Model:
         self.last_error: str | None = None
         self.last_used: float = 0.0
         self.log = ModelLog(spec.name)
-        self._measured_bytes: int | None = None
+        self._replica_bytes: int | None = None  # one replica's memory, measured at its last unload
         self._failed_at = 0.0
         self._task: asyncio.Task[None] | None = None
         self._expiry: asyncio.Task[None] | None = None
@@ -137,8 +138,8 @@ class Model:
     def estimated_bytes(self, replicas: int | None = None) -> int:
         """Memory a load will take: as measured last time, else weights plus process overhead."""
         count = replicas or len(self.spec.devices)
-        if self._measured_bytes is not None:
-            return self._measured_bytes // max(1, len(self.spec.devices)) * count
+        if self._replica_bytes is not None:
+            return self._replica_bytes * count
         return estimate_bytes(self.spec) * count
 
     # ---- requests ----------------------------------------------------------------------------
@@ -309,7 +310,8 @@ class Model:
     async def _unload(self) -> None:
         self.state = ModelState.UNLOADING
         self._cancel_expiry()
-        self._measured_bytes = self.resident_bytes() or self._measured_bytes
+        if self.replicas:
+            self._replica_bytes = self.resident_bytes() // len(self.replicas) or self._replica_bytes
         replicas, self.replicas = self.replicas, []
         self.admission.fail_waiters(
             ModelUnavailable(f"model {self.spec.name!r} was unloaded while the request waited")
