@@ -43,6 +43,7 @@ Kind = Literal["llm", "embedding", "vision", "http", "subprocess"]
 
 # Which backend serves a kind when the spec names none. Kinds absent here have no backend yet.
 DEFAULT_BACKEND: dict[str, str] = {"llm": "llama_cpp", "embedding": "sentence_transformers"}
+SUBPROCESS = "subprocess"  # the backend name of a user's program (kind: subprocess)
 DEVICE_PATTERN = r"^(cpu|cuda:\d+)$"
 _DEVICE = re.compile(DEVICE_PATTERN)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
@@ -57,7 +58,7 @@ class ModelSpec(_Strict):
 
     name: str = Field(description="the name requests use in `model`; no slash")
     aliases: list[str] = Field(default_factory=list, description="other names for it")
-    kind: Kind = Field(description="llm (chat, completions) or embedding")
+    kind: Kind = Field(description="llm, embedding, or subprocess (a program: see command)")
     backend: str | None = Field(None, description="engine; defaults by kind")
     source: str | None = Field(None, description="a file or directory path, or catalog:NAME")
     context_length: int = Field(2048, gt=0, description="context window in tokens (llama.cpp)")
@@ -74,6 +75,11 @@ class ModelSpec(_Strict):
         None, ge=1, description="N CPU replicas (`devices: [cpu] * N`); with devices, must match"
     )
     options: dict[str, Any] = Field(default_factory=dict, description="passed to the backend")
+    command: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="kind subprocess: the program and its arguments; it speaks the worker protocol",
+    )
     keep_alive: float = Field(
         300.0, ge=-1, description="seconds idle before unloading; -1 never, 0 after each request"
     )
@@ -125,6 +131,8 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _complete(self) -> ModelSpec:
+        if self.kind == "subprocess" or self.command is not None:
+            return self._subprocess()
         backend = self.backend or DEFAULT_BACKEND.get(self.kind)
         if backend is None:
             raise ValueError(f"kind {self.kind!r} has no backend in this version of mmserve")
@@ -132,13 +140,24 @@ class ModelSpec(_Strict):
             raise ValueError(f"unknown backend {backend!r}; known: {', '.join(sorted(BACKENDS))}")
         if self.source is None and backend != "fake":
             raise ValueError(f"model {self.name!r} needs a source (a path or catalog:NAME)")
+        return self._place(backend)
+
+    def _subprocess(self) -> ModelSpec:
+        """A user's program: it is its own backend, so it needs a command and nothing else."""
+        if self.kind != "subprocess" or not self.command:
+            raise ValueError("a command goes with kind: subprocess, and kind: subprocess needs one")
+        if self.backend not in (None, SUBPROCESS):
+            raise ValueError("kind: subprocess takes no backend: the command is the model")
+        return self._place(SUBPROCESS)
+
+    def _place(self, backend: str) -> ModelSpec:
+        """Fill the derived fields once (the spec is frozen): the backend and the devices."""
         devices = self.devices
         if self.replicas is not None and "devices" in self.model_fields_set:
             if len(devices) != self.replicas:
                 raise ValueError("replicas and devices disagree: give one or the other")
         elif self.replicas is not None:
             devices = ["cpu"] * self.replicas
-        # The spec is frozen: fill the derived fields once, here.
         object.__setattr__(self, "backend", backend)
         object.__setattr__(self, "devices", devices)
         object.__setattr__(self, "replicas", len(devices))

@@ -152,3 +152,16 @@ def test_select_models_with_devices() -> None:
     assert select_models(settings, ["smollm2"], ["cpu", "cpu"]).models[0].devices == ["cpu", "cpu"]
     with pytest.raises(ConfigError, match="nor in the built-in catalog"):
         select_models(settings, ["gpt-9"], None)
+
+
+def test_subprocess_models_need_a_command_and_nothing_else(tmp_path: Path) -> None:
+    ok = write(tmp_path, "models:\n  - {name: p, kind: subprocess, command: [node, model.js]}\n")
+    (spec,) = load_settings(ok, env={}).models
+    assert spec.backend == "subprocess" and spec.command == ["node", "model.js"]
+    for bad in (
+        "{name: p, kind: subprocess}",
+        "{name: p, kind: llm, source: 'catalog:smollm2', command: [x]}",
+        "{name: p, kind: subprocess, backend: llama_cpp, command: [x]}",
+    ):
+        with pytest.raises(ConfigError, match="subprocess"):
+            load_settings(write(tmp_path, f"models:\n  - {bad}\n"), env={})

@@ -79,7 +79,11 @@ class ProcessReplica:
         self.loaded_at: float | None = None
         self.load_seconds: float | None = None
         self.worker = WorkerProcess(
-            backend_spec(spec, device), log, on_exit=lambda _: on_exit(self), heartbeat=heartbeat
+            backend_spec(spec, device),
+            log,
+            on_exit=lambda _: on_exit(self),
+            command=spec.command,  # a user's program (kind: subprocess), else mmserve's worker
+            heartbeat=heartbeat,
         )
 
     @property
