@@ -230,6 +230,10 @@ class Settings(_Strict):
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_format: Literal["text", "json"] = Field("text", description="json: one object per line")
+    log_capacity: int = Field(1000, ge=1, description="records kept in memory per model")
+    log_dir: Path | None = Field(
+        None, description="also append each model's records to DIR/NAME.log (JSON lines)"
+    )
     load_timeout: float = Field(600.0, gt=0, description="seconds a model may take to load")
     model_dirs: list[Path] = Field(
         default_factory=list,
@@ -259,6 +263,16 @@ class Settings(_Strict):
     models: list[ModelSpec] = Field(
         default_factory=list, description="the models to serve (none in a file: none served)"
     )
+
+    @field_validator("log_dir")
+    @classmethod
+    def _log_dir(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if path is None:
+            return None
+        base = (info.context or {}).get("base_dir")
+        path = (Path(base) / path if base and not path.is_absolute() else path).expanduser()
+        path.mkdir(parents=True, exist_ok=True)
+        return path.resolve()
 
     @field_validator("max_memory", mode="before")
     @classmethod

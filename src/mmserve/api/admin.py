@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from mmserve.api.openai import manager_of
 from mmserve.config import DEVICE_PATTERN
@@ -82,3 +83,22 @@ async def activate(model: str, request: Request) -> dict[str, Any]:
     target = manager_of(request).get(model)
     await target.ensure_ready()
     return target.status()
+
+
+@router.get("/api/v1/{model}/logs", response_model=None)
+async def logs(
+    model: str, request: Request, since: int = 0, follow: bool = False
+) -> list[dict[str, Any]] | StreamingResponse:
+    """The model's log records newer than `since` (a record's `seq`); with `follow=true`, a
+    stream of JSON lines that goes on with each new record until the client leaves."""
+    log = manager_of(request).get(model).log
+    if not follow:
+        return [r.to_json() for r in log.since(since)]
+    lines = (json.dumps(r.to_json()) + "\n" async for r in log.follow(since))
+    return StreamingResponse(lines, media_type="application/x-ndjson")
+
+
+@router.delete("/api/v1/{model}/logs")
+async def clear_logs(model: str, request: Request) -> dict[str, int]:
+    """Forget the model's log records (a log file, if configured, is kept)."""
+    return {"cleared": manager_of(request).get(model).log.clear()}

@@ -99,3 +99,19 @@ def _spec(name: str, path: Path, body: LoadModelRequest) -> ModelSpec:
         raise InvalidRequest(
             f"{'.'.join(map(str, error['loc']))}: {error['msg']}", param="model_alias"
         ) from None
+
+
+# The older servers' form `/{post|get}/{operation}?id=MODEL`, as explicit routes; left out of
+# the OpenAPI schema, where the native routes describe the same thing.
+@router.api_route("/get/getlogs", methods=["GET", "POST"], include_in_schema=False)
+@router.api_route("/post/getlogs", methods=["GET", "POST"], include_in_schema=False)
+async def get_logs(id: str, request: Request) -> list[dict[str, Any]]:
+    """Every log record of model `id`."""
+    return [r.to_json() for r in manager_of(request).get(id).log.since(0)]
+
+
+@router.api_route("/get/cleanlogs", methods=["GET", "POST"], include_in_schema=False)
+@router.api_route("/post/cleanlogs", methods=["GET", "POST"], include_in_schema=False)
+async def clean_logs(id: str, request: Request) -> dict[str, int]:
+    """Forget the log records of model `id`."""
+    return {"cleared": manager_of(request).get(id).log.clear()}

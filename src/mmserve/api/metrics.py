@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mmserve.engine.manager import ModelManager
 from mmserve.engine.model import ModelState
+from mmserve.engine.telemetry import REQUEST_TALLY, Tally
 
 __all__ = ["HttpMetrics", "Metrics"]
 
@@ -50,9 +51,12 @@ class Metrics:
         self.restarts = Counter(
             "mmserve_worker_restarts", "crashed replicas restarted", ["model"], registry=r
         )
+        self.manager: ModelManager | None = None
 
     def watch(self, manager: ModelManager) -> None:
-        """Report the models' live state (queues, replicas, memory) at every scrape."""
+        """Report the models' live state (queues, replicas, memory) at every scrape, and write
+        each request into its model's log."""
+        self.manager = manager
         self.registry.register(ModelStateCollector(manager))
 
     # ---- Telemetry -----------------------------------------------------------------------------
@@ -125,10 +129,16 @@ class HttpMetrics:
                 status = message["status"]
             await send(message)
 
+        tally = Tally()
+        token = REQUEST_TALLY.set(tally)
         try:
             await self.app(scope, receive, record_status)
         finally:
+            REQUEST_TALLY.reset(token)
             route = getattr(scope.get("route"), "path", "unmatched")
             model = scope.get("state", {}).get("model", "")  # set by handlers, a configured name
+            latency = time.monotonic() - started
             self.metrics.requests.labels(model, route, str(status)).inc()
-            self.metrics.latency.labels(model, route).observe(time.monotonic() - started)
+            self.metrics.latency.labels(model, route).observe(latency)
+            if model and self.metrics.manager is not None:
+                self.metrics.manager.get(model).log.request(route, status, latency, tally.tokens)

@@ -18,7 +18,7 @@ from mmserve.config import ModelSpec, Settings
 from mmserve.engine.eviction import Resident, plan_eviction
 from mmserve.engine.model import Model, ModelState
 from mmserve.engine.replicas import TextOp
-from mmserve.engine.telemetry import NullTelemetry, Telemetry
+from mmserve.engine.telemetry import NullTelemetry, Telemetry, count_tokens
 from mmserve.engine.types import (
     ChatRequest,
     CompletionRequest,
@@ -96,6 +96,7 @@ class ModelManager:
                         first = False
                     if isinstance(event, TextDone):
                         self.telemetry.generated(model.spec.name, event.completion_tokens)
+                        count_tokens(event.prompt_tokens + event.completion_tokens)
                     yield event
 
     async def embed(
@@ -112,6 +113,7 @@ class ModelManager:
                 )
             result = await replica.embed(request)
         self.telemetry.embedded(model.spec.name, len(request.inputs))
+        count_tokens(result.prompt_tokens)
         return result
 
     # ---- start and stop ----------------------------------------------------------------------

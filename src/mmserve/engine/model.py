@@ -96,7 +96,8 @@ class Model:
         self.loads = 0
         self.last_error: str | None = None
         self.last_used: float = 0.0
-        self.log = ModelLog(spec.name)
+        log_file = settings.log_dir / f"{spec.name}.log" if settings.log_dir else None
+        self.log = ModelLog(spec.name, settings.log_capacity, log_file)
         self._replica_bytes: int | None = None  # one replica's memory, measured at its last unload
         self._failed_at = 0.0
         self._task: asyncio.Task[None] | None = None

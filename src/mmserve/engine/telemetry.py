@@ -5,9 +5,28 @@ The engine calls these hooks and knows nothing of Prometheus; `NullTelemetry` is
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["NullTelemetry", "Telemetry"]
+__all__ = ["REQUEST_TALLY", "NullTelemetry", "Tally", "Telemetry"]
+
+
+@dataclass
+class Tally:
+    """What one HTTP request cost in tokens; the engine adds to it, the request log reads it."""
+
+    tokens: int = 0
+
+
+# Set by the HTTP layer for each request. A mutable object, so that additions made in a child
+# task (a streamed response runs in one) are seen by the task that set it.
+REQUEST_TALLY: ContextVar[Tally | None] = ContextVar("request_tally", default=None)
+
+
+def count_tokens(tokens: int) -> None:
+    if (tally := REQUEST_TALLY.get()) is not None:
+        tally.tokens += tokens
 
 
 class Telemetry(Protocol):
