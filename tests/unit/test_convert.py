@@ -60,8 +60,7 @@ def test_completion_prompts_and_default_max_tokens() -> None:
     one = wire.CompletionRequest(model="m", prompt="x")
     many = wire.CompletionRequest(model="m", prompt=["x", "y"])
     assert one.prompts == ["x"] and many.prompts == ["x", "y"]
-    assert convert.completion_request(one, "x", None).sampling.max_tokens == 16  # OpenAI's default
-    assert convert.completion_request(one, "x", 5).sampling.max_tokens == 5  # within the cap
+    assert convert.completion_request(one, "x").sampling.default_max_tokens == 16  # OpenAI's
     with pytest.raises(ValidationError, match="empty"):
         wire.CompletionRequest(model="m", prompt=["x", ""])
 

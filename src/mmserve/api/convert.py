@@ -77,14 +77,10 @@ def _text(message: wire.ChatMessageIn, index: int, model: str) -> str:
 COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
-def completion_request(
-    body: wire.CompletionRequest, prompt: str, cap: int | None
-) -> CompletionRequest:
-    """A completion; with no max_tokens asked, OpenAI's default of 16 (within the model's cap)."""
-    settings = sampling(body)
-    if settings.max_tokens is None:
-        default = min(COMPLETION_MAX_TOKENS, cap or COMPLETION_MAX_TOKENS)
-        settings = settings.model_copy(update={"max_tokens": default})
+def completion_request(body: wire.CompletionRequest, prompt: str) -> CompletionRequest:
+    """A completion; with no max_tokens asked, OpenAI's default of 16 (the engine keeps it
+    within the model's cap)."""
+    settings = sampling(body).model_copy(update={"default_max_tokens": COMPLETION_MAX_TOKENS})
     return CompletionRequest(prompt=prompt, sampling=settings)
 
 

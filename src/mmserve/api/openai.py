@@ -53,8 +53,7 @@ async def prime(items: AsyncIterator[T]) -> AsyncIterator[T]:
 def _complete(
     manager: ModelManager, body: wire.CompletionRequest, prompt: str
 ) -> AsyncIterator[TextEvent]:
-    cap = manager.get(body.model).spec.max_tokens
-    return manager.generate(body.model, "complete", convert.completion_request(body, prompt, cap))
+    return manager.generate(body.model, "complete", convert.completion_request(body, prompt))
 
 
 @router.post("/chat/completions", response_model=wire.ChatCompletion)

@@ -192,20 +192,18 @@ class Model:
         return ModelUnavailable(self.last_error or f"model {self.spec.name!r} is not available")
 
     def check_sampling(self, sampling: Sampling) -> Sampling:
-        """The sampling to run: max_tokens within the model's cap (the cap when none was asked)."""
-        cap = self.spec.max_tokens
-        if cap is None:
+        """The sampling to run: the max_tokens asked, within the model's cap (a 400 above it);
+        none asked: the request's default, or the cap, whichever is smaller."""
+        cap, asked = self.spec.max_tokens, sampling.max_tokens
+        if asked is not None:
+            if cap is not None and asked > cap:
+                raise InvalidRequest(
+                    f"max_tokens is {asked}; model {self.spec.name!r} allows {cap}",
+                    param="max_tokens",
+                )
             return sampling
-        if sampling.max_tokens is not None and sampling.max_tokens > cap:
-            raise InvalidRequest(
-                f"max_tokens is {sampling.max_tokens}; model {self.spec.name!r} allows {cap}",
-                param="max_tokens",
-            )
-        return (
-            sampling
-            if sampling.max_tokens is not None
-            else sampling.model_copy(update={"max_tokens": cap})
-        )
+        limits = [n for n in (sampling.default_max_tokens, cap) if n is not None]
+        return sampling.model_copy(update={"max_tokens": min(limits) if limits else None})
 
     def check_inputs(self, count: int) -> None:
         if count > self.spec.max_inputs:

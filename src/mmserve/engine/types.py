@@ -37,6 +37,9 @@ class Sampling(_Frozen):
     """Sampling settings, named as OpenAI names them; None means the engine's default."""
 
     max_tokens: int | None = None
+    # What max_tokens becomes when a request asks none (OpenAI's completions: 16), kept within
+    # the model's cap by the engine; None means "until the context or a stop".
+    default_max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
     stop: list[str] = Field(default_factory=list)
