@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // The smallest mmserve model in JavaScript (Node.js): a program that speaks docs/worker-protocol.md.
 // Serve it with `kind: subprocess` and `command: [node, examples/echo_model.js]`. It answers chat
-// with the last message reversed word by word, and embeds each text as [length, word count].
+// with the last message reversed word by word, embeds each text as [length, word count], and
+// answers a call (POST /api/v1/{model}/call) with the JSON it was sent and its key count.
 "use strict";
 const readline = require("readline");
 
@@ -23,10 +24,13 @@ function handle(request) {
     const vectors = body.inputs.map((t) => [t.length, t.split(/\s+/).filter(Boolean).length]);
     return send({ type: "result", id, data: { vectors, prompt_tokens: vectors.length } });
   }
+  if (op === "call") {
+    return send({ type: "result", id, data: { echo: body, keys: Object.keys(body).length } });
+  }
   send({ type: "error", id, error: { kind: "unsupported", message: `no op ${op}` } });
 }
 
-send({ type: "ready", protocol: 1, info: { capabilities: ["chat", "embed"], context_length: 4096, dimensions: 2 } });
+send({ type: "ready", protocol: 1, info: { capabilities: ["chat", "embed", "call"], context_length: 4096, dimensions: 2 } });
 const lines = readline.createInterface({ input: process.stdin });
 lines.on("line", (line) => {
   if (!line.trim()) return;

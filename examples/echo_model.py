@@ -2,7 +2,8 @@
 """The smallest mmserve model in Python: a program that speaks docs/worker-protocol.md.
 
 Serve it with `kind: subprocess` and `command: [python3, examples/echo_model.py]`. It echoes the
-last chat message word by word and embeds each text as [length, vowel count]. No mmserve import:
+last chat message word by word, embeds each text as [length, vowel count], and answers a call
+(POST /api/v1/{model}/call) with the JSON it was sent and its key count. No mmserve import:
 any language that reads and writes lines of JSON can do the same (examples/echo_model.js).
 """
 
@@ -13,7 +14,7 @@ def send(message):  # one JSON object per line, flushed at once
     sys.stdout.flush()
 
 send({"type": "ready", "protocol": 1,
-      "info": {"capabilities": ["chat", "embed"], "context_length": 4096, "dimensions": 2}})
+      "info": {"capabilities": ["chat", "embed", "call"], "context_length": 4096, "dimensions": 2}})
 for line in sys.stdin:  # the loop ends when the parent closes stdin
     if not line.strip():
         continue
@@ -33,6 +34,8 @@ for line in sys.stdin:  # the loop ends when the parent closes stdin
         elif op == "embed":
             vectors = [[float(len(t)), float(sum(c in "aeiou" for c in t))] for t in body["inputs"]]
             send({"type": "result", "id": rid, "data": {"vectors": vectors, "prompt_tokens": len(vectors)}})
+        elif op == "call":
+            send({"type": "result", "id": rid, "data": {"echo": body, "keys": len(body)}})
         elif op != "cancel":
             send({"type": "error", "id": rid, "error": {"kind": "unsupported", "message": f"no op {op!r}"}})
     except Exception as exc:  # report it; never die on one bad request

@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -44,6 +45,9 @@ Kind = Literal["llm", "embedding", "vision", "http", "subprocess"]
 # Which backend serves a kind when the spec names none. Kinds absent here have no backend yet.
 DEFAULT_BACKEND: dict[str, str] = {"llm": "llama_cpp", "embedding": "sentence_transformers"}
 SUBPROCESS = "subprocess"  # the backend name of a user's program (kind: subprocess)
+HTTP_BACKENDS = ("openai", "json")  # kind http: an OpenAI-compatible server, or any JSON endpoint
+HTTP_FIELDS = ("base_url", "api_key", "api_key_env", "upstream_model")
+HTTP_CONCURRENCY = 64  # kind http's default max_concurrency
 DEVICE_PATTERN = r"^(cpu|cuda:\d+)$"
 _DEVICE = re.compile(DEVICE_PATTERN)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
@@ -58,7 +62,10 @@ class ModelSpec(_Strict):
 
     name: str = Field(description="the name requests use in `model`; no slash")
     aliases: list[str] = Field(default_factory=list, description="other names for it")
-    kind: Kind = Field(description="llm, embedding, or subprocess (a program: see command)")
+    kind: Kind = Field(
+        description="llm, embedding, http (a remote server: see base_url), or subprocess "
+        "(a program: see command)"
+    )
     backend: str | None = Field(None, description="engine; defaults by kind")
     source: str | None = Field(None, description="a file or directory path, or catalog:NAME")
     context_length: int = Field(2048, gt=0, description="context window in tokens (llama.cpp)")
@@ -79,6 +86,26 @@ class ModelSpec(_Strict):
         None,
         min_length=1,
         description="kind subprocess: the program and its arguments; it speaks the worker protocol",
+    )
+    base_url: str | None = Field(
+        None,
+        description="kind http: the upstream's URL (backend openai: its API base, e.g. "
+        "http://host:8080/v1; backend json: the endpoint that takes the call's JSON)",
+    )
+    api_key: SecretStr | None = Field(
+        None, description="kind http: sent upstream as `Authorization: Bearer`; never logged"
+    )
+    api_key_env: str | None = Field(
+        None, description="kind http: read api_key from this environment variable instead"
+    )
+    upstream_model: str | None = Field(
+        None, description="kind http, backend openai: the model name sent upstream; default: name"
+    )
+    timeout: float = Field(
+        600.0, gt=0, description="kind http: seconds to wait for the upstream (or its next chunk)"
+    )
+    connect_timeout: float = Field(
+        10.0, gt=0, description="kind http: seconds to wait for a connection to the upstream"
     )
     keep_alive: float = Field(
         300.0, ge=-1, description="seconds idle before unloading; -1 never, 0 after each request"
@@ -129,8 +156,25 @@ class ModelSpec(_Strict):
             raise ValueError("keep_alive is seconds (>= 0), or -1 for never")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _key_from_env(cls, value: object, info: ValidationInfo) -> object:
+        """`api_key_env: NAME` reads the upstream's key once, when the config is loaded."""
+        if not isinstance(value, dict) or not value.get("api_key_env") or value.get("api_key"):
+            return value
+        env = (info.context or {}).get("env", os.environ)
+        name = value["api_key_env"]
+        if name not in env:
+            raise ValueError(f"api_key_env: the environment variable {name} is not set")
+        return {**value, "api_key": env[name]}
+
     @model_validator(mode="after")
     def _complete(self) -> ModelSpec:
+        if self.kind == "http":
+            return self._http()
+        stray = [f for f in HTTP_FIELDS if getattr(self, f) is not None]
+        if stray:
+            raise ValueError(f"{stray[0]} goes with kind: http")
         if self.kind == "subprocess" or self.command is not None:
             return self._subprocess()
         backend = self.backend or DEFAULT_BACKEND.get(self.kind)
@@ -149,6 +193,23 @@ class ModelSpec(_Strict):
         if self.backend not in (None, SUBPROCESS):
             raise ValueError("kind: subprocess takes no backend: the command is the model")
         return self._place(SUBPROCESS)
+
+    def _http(self) -> ModelSpec:
+        """A remote server: reached by URL, so no source, command or devices of its own."""
+        backend = self.backend or "openai"
+        if backend not in HTTP_BACKENDS:
+            raise ValueError(f"kind: http takes backend openai or json, not {backend!r}")
+        if self.source is not None or self.command is not None:
+            raise ValueError("kind: http takes base_url, not source or command")
+        if not self.base_url:
+            raise ValueError("kind: http needs base_url (the upstream's URL)")
+        url = urlsplit(self.base_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"base_url must be an http:// or https:// URL, not {self.base_url!r}")
+        if "max_concurrency" not in self.model_fields_set:
+            # A gateway's requests wait on the network, not on a local engine: many at once.
+            object.__setattr__(self, "max_concurrency", HTTP_CONCURRENCY)
+        return self._place(backend)
 
     def _place(self, backend: str) -> ModelSpec:
         """Fill the derived fields once (the spec is frozen): the backend and the devices."""
@@ -257,6 +318,11 @@ class Settings(_Strict):
         30.0, gt=0, description="a worker that does not answer a ping this long is restarted"
     )
     max_body_bytes: int = Field(20 * 10**6, gt=0, description="largest request body accepted")
+    allow_runtime_subprocess: list[str] = Field(
+        default_factory=list,
+        description="commands POST /api/v1/models may start as kind subprocess: each entry is a "
+        "program and its leading arguments, e.g. 'node examples/echo_model.js'; none: 403",
+    )
     api_keys: list[ApiKey] = Field(
         default_factory=list, description="keys clients must send; none: no authentication"
     )

@@ -15,7 +15,10 @@
     |-- ModelUnavailable               503 service_unavailable    code=model_unavailable
     |   |-- WorkerCrashed              503 service_unavailable    code=worker_crashed
     |   `-- RequestCancelled           503 service_unavailable    code=request_cancelled
-    `-- BackendError                   500 internal_error         code=backend_error
+    |-- BackendError                   500 internal_error         code=backend_error
+    |-- UpstreamError                  502 upstream_error         code=bad_gateway
+    |   `-- UpstreamTimeout            504 upstream_error         code=upstream_timeout
+    `-- UpstreamRejected               the upstream's own 4xx, type, code and message
 
 Foreign exceptions (llama.cpp, torch, httpx) are translated at the backend boundary
 (`mmserve.workers.main`) into a worker error *kind*; `from_kind` turns that kind back into
@@ -42,6 +45,9 @@ __all__ = [
     "TooManyRequests",
     "Unauthorized",
     "UnsupportedCapability",
+    "UpstreamError",
+    "UpstreamRejected",
+    "UpstreamTimeout",
     "WorkerCrashed",
     "from_kind",
 ]
@@ -50,9 +56,11 @@ __all__ = [
 class MMServeError(Exception):
     """Base of every error mmserve raises on purpose."""
 
-    status: ClassVar[int] = 500
-    type: ClassVar[str] = "internal_error"
-    code: ClassVar[str | None] = None
+    # Instance attributes in principle (an upstream's 4xx keeps its own status: UpstreamRejected);
+    # each class sets its defaults.
+    status: int = 500
+    type: str = "internal_error"
+    code: str | None = None
     # The name a worker uses for this error on the wire (see docs/worker-protocol.md).
     kind: ClassVar[str] = "internal"
 
@@ -183,6 +191,35 @@ class BackendError(MMServeError):
     kind = "backend"
 
 
+class UpstreamError(MMServeError):
+    """A remote model's server failed (5xx), or answered with something that is not its API."""
+
+    status = 502
+    type = "upstream_error"
+    code = "bad_gateway"
+    kind = "upstream"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+    kind = "upstream_timeout"
+
+
+class UpstreamRejected(MMServeError):
+    """A remote model's server refused the request (4xx): its status and message pass through."""
+
+    kind = "upstream_rejected"
+
+    def __init__(
+        self, status: int, message: str, *, type: str | None, code: str | None, param: str | None
+    ) -> None:
+        super().__init__(message, param=param)
+        self.status = status
+        self.type = type or "invalid_request_error"
+        self.code = code
+
+
 _BY_KIND: dict[str, type[MMServeError]] = {
     cls.kind: cls
     for cls in (
@@ -194,6 +231,8 @@ _BY_KIND: dict[str, type[MMServeError]] = {
         WorkerCrashed,
         RequestCancelled,
         BackendError,
+        UpstreamError,
+        UpstreamTimeout,
     )
 }
 

@@ -165,3 +165,27 @@ def test_subprocess_models_need_a_command_and_nothing_else(tmp_path: Path) -> No
     ):
         with pytest.raises(ConfigError, match="subprocess"):
             load_settings(write(tmp_path, f"models:\n  - {bad}\n"), env={})
+
+
+def test_http_models(tmp_path: Path) -> None:
+    ok = write(
+        tmp_path,
+        "models:\n  - {name: r, kind: http, base_url: 'http://h:1/v1', api_key_env: UP_KEY}\n"
+        "  - {name: j, kind: http, backend: json, base_url: 'https://h/x', max_concurrency: 2}\n",
+    )
+    remote, endpoint = load_settings(ok, env={"UP_KEY": "k1"}).models
+    assert remote.backend == "openai" and remote.max_concurrency == 64
+    assert remote.api_key is not None and remote.api_key.get_secret_value() == "k1"
+    assert "k1" not in repr(remote)
+    assert endpoint.backend == "json" and endpoint.max_concurrency == 2
+    with pytest.raises(ConfigError, match="UP_KEY is not set"):
+        load_settings(ok, env={})
+    for bad, message in (
+        ("{name: r, kind: http}", "needs base_url"),
+        ("{name: r, kind: http, base_url: 'ftp://h'}", "http:// or https://"),
+        ("{name: r, kind: http, base_url: 'http://h', backend: llama_cpp}", "openai or json"),
+        ("{name: r, kind: http, base_url: 'http://h', command: [x]}", "not source or command"),
+        ("{name: r, kind: llm, backend: fake, base_url: 'http://h'}", "base_url goes with"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load_settings(write(tmp_path, f"models:\n  - {bad}\n"), env={})

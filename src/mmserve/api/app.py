@@ -12,12 +12,13 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
 from mmserve import __version__
-from mmserve.api import admin, compat, openai
+from mmserve.api import admin, calls, compat, openai, registration
 from mmserve.api.metrics import HttpMetrics, Metrics
 from mmserve.api.middleware import ApiKeyAuth, BodyLimit, RequestId
+from mmserve.api.protocol import invalid_fields
 from mmserve.config import Settings
 from mmserve.engine.manager import ModelManager
-from mmserve.errors import InvalidRequest, MMServeError, PermissionDenied
+from mmserve.errors import MMServeError, PermissionDenied
 
 __all__ = ["create_app"]
 
@@ -39,6 +40,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(openai.engines_router, dependencies=inference)
     app.include_router(admin.health_router)
     app.include_router(admin.router, dependencies=admin_only)
+    app.include_router(registration.router, dependencies=admin_only)
+    app.include_router(calls.router, dependencies=inference)
     app.include_router(compat.router, dependencies=admin_only)
     # The last added runs first: request id, then metrics (401s count too), keys, body limit.
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
@@ -99,21 +102,7 @@ async def on_mmserve_error(_: Request, exc: MMServeError) -> JSONResponse:
 
 
 async def on_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    return error_response(describe_validation_error(exc))
-
-
-def describe_validation_error(exc: RequestValidationError) -> InvalidRequest:
-    """The first problem, as OpenAI words it: which field, and what is wrong with it."""
-    err = exc.errors()[0]
-    loc = [str(part) for part in err["loc"] if part != "body"]
-    if err["type"] == "json_invalid":
-        return InvalidRequest(
-            f"the request body is not valid JSON: {err.get('ctx', {}).get('error', err['msg'])}"
-        )
-    if not loc:
-        return InvalidRequest(f"the request body is invalid: {err['msg']}")
-    field = ".".join(loc)
-    return InvalidRequest(f"invalid value for '{field}': {err['msg']}", param=loc[0])
+    return error_response(invalid_fields(exc.errors()))
 
 
 async def on_http_error(_: Request, exc: HTTPException) -> JSONResponse:

@@ -9,14 +9,15 @@ from collections.abc import AsyncIterator
 from typing import TypeVar
 
 from fastapi import APIRouter, Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from mmserve.api import convert
 from mmserve.api import protocol as wire
 from mmserve.api.cancel import cancel_on_disconnect
-from mmserve.api.sse import event_stream
+from mmserve.api.sse import event_stream, relayed_stream
 from mmserve.engine.manager import ModelManager
-from mmserve.engine.types import EmbedRequest, TextEvent
+from mmserve.engine.model import Model
+from mmserve.engine.types import Capability, EmbedRequest, TextEvent
 
 __all__ = ["engines_router", "router"]
 
@@ -31,10 +32,25 @@ def manager_of(request: Request) -> ModelManager:
     return manager
 
 
-def resolve(request: Request, name: str) -> None:
-    """Check that model `name` exists (404 otherwise) and label the request's metrics with it:
-    a configured model's name, never raw input, keeps the metrics' label values bounded."""
-    request.state.model = manager_of(request).get(name).spec.name
+def resolve(request: Request, name: str) -> Model:
+    """Model `name` (404 if none), which labels the request's metrics: a configured model's
+    name, never raw input, keeps the metrics' label values bounded."""
+    model = manager_of(request).get(name)
+    request.state.model = model.spec.name
+    return model
+
+
+async def relay(
+    request: Request, name: str, capability: Capability, path: str, stream: bool
+) -> Response:
+    """Pass an OpenAI request to a remote model (kind http) as the client sent it, so that any
+    field the upstream knows works; its answer comes back as the upstream gave it."""
+    body = {**await request.json(), "model": name}
+    manager = manager_of(request)
+    if stream:
+        return relayed_stream(await prime(manager.relay_stream(name, capability, path, body)))
+    answer = await cancel_on_disconnect(request, manager.relay(name, capability, path, body))
+    return JSONResponse(answer)
 
 
 async def prime(items: AsyncIterator[T]) -> AsyncIterator[T]:
@@ -60,7 +76,9 @@ def _complete(
 async def chat_completions(
     body: wire.ChatCompletionRequest, request: Request
 ) -> Response | wire.ChatCompletion:
-    resolve(request, body.model)  # an unknown model is a 404 before anything else is judged
+    # An unknown model is a 404 before anything else is judged.
+    if resolve(request, body.model).remote:
+        return await relay(request, body.model, "chat", "/chat/completions", body.stream)
     events = manager_of(request).generate(body.model, "chat", convert.chat_request(body))
     if body.stream:
         chunks = convert.chat_chunks(await prime(events), body.model, body.include_usage)
@@ -79,7 +97,8 @@ async def chat_completions(
 
 @router.post("/completions", response_model=wire.Completion)
 async def completions(body: wire.CompletionRequest, request: Request) -> Response | wire.Completion:
-    resolve(request, body.model)
+    if resolve(request, body.model).remote:
+        return await relay(request, body.model, "complete", "/completions", body.stream)
     manager = manager_of(request)
     if body.stream:
         streams = [(p, _complete(manager, body, p)) for p in body.prompts]
@@ -110,8 +129,11 @@ async def _complete_all(manager: ModelManager, body: wire.CompletionRequest) -> 
 
 
 @router.post("/embeddings", response_model=wire.EmbeddingResponse)
-async def embeddings(body: wire.EmbeddingRequest, request: Request) -> wire.EmbeddingResponse:
-    resolve(request, body.model)
+async def embeddings(
+    body: wire.EmbeddingRequest, request: Request
+) -> Response | wire.EmbeddingResponse:
+    if resolve(request, body.model).remote:
+        return await relay(request, body.model, "embed", "/embeddings", stream=False)
     work = manager_of(request).embed(body.model, EmbedRequest(inputs=body.inputs), body.dimensions)
     result = await cancel_on_disconnect(request, work)
     return convert.embedding_response(result, body.model, body.encoding_format)
@@ -124,7 +146,7 @@ class EngineEmbeddingRequest(wire.EmbeddingRequest):
 @engines_router.post("/engines/{model}/embeddings", response_model=wire.EmbeddingResponse)
 async def engine_embeddings(
     model: str, body: EngineEmbeddingRequest, request: Request
-) -> wire.EmbeddingResponse:
+) -> Response | wire.EmbeddingResponse:
     return await embeddings(body.model_copy(update={"model": model}), request)
 
 

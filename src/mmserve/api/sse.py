@@ -17,7 +17,7 @@ from starlette.responses import StreamingResponse
 
 from mmserve.errors import BackendError, MMServeError
 
-__all__ = ["event_stream", "sse_frames"]
+__all__ = ["event_stream", "relayed_stream", "sse_frames"]
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +29,16 @@ def _frame(payload: bytes) -> bytes:
 
 
 async def sse_frames(items: AsyncIterator[BaseModel]) -> AsyncIterator[bytes]:
+    frames = (_frame(item.model_dump_json().encode()) async for item in items)
+    async for frame in _guarded(frames, DONE):
+        yield frame
+
+
+async def _guarded(frames: AsyncIterator[bytes], end: bytes) -> AsyncIterator[bytes]:
+    """`frames`, then `end`; or, on an error, the error's frame instead of what is left."""
     try:
-        async for item in items:
-            yield _frame(item.model_dump_json().encode())
+        async for frame in frames:
+            yield frame
     except MMServeError as exc:
         yield _frame(_envelope(exc))
         return
@@ -39,7 +46,8 @@ async def sse_frames(items: AsyncIterator[BaseModel]) -> AsyncIterator[bytes]:
         log.exception("stream failed after its headers were sent")
         yield _frame(_envelope(BackendError("the stream failed; see the server log")))
         return
-    yield DONE
+    if end:
+        yield end
 
 
 def _envelope(exc: MMServeError) -> bytes:
@@ -47,8 +55,18 @@ def _envelope(exc: MMServeError) -> bytes:
 
 
 def event_stream(items: AsyncIterator[BaseModel]) -> StreamingResponse:
+    return _response(sse_frames(items))
+
+
+def relayed_stream(chunks: AsyncIterator[bytes]) -> StreamingResponse:
+    """An upstream's event stream as it arrives (its own frames and `[DONE]`); an error on the
+    way ends it with an error frame, as a local stream's would."""
+    return _response(_guarded(chunks, b""))
+
+
+def _response(frames: AsyncIterator[bytes]) -> StreamingResponse:
     return StreamingResponse(
-        sse_frames(items),
+        frames,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -68,5 +68,9 @@ class Backend:
     def embed(self, request: EmbedRequest) -> EmbedResult:
         raise UnsupportedCapability("this model cannot embed text")
 
+    def call(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The model's own operation (`call`): free-form JSON in and out."""
+        raise UnsupportedCapability("this model has no call operation")
+
     def close(self) -> None:
         """Release the model; the default leaves it to the process exit."""

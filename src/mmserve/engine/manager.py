@@ -12,14 +12,16 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, TypeVar
 
 from mmserve.config import ModelSpec, Settings
 from mmserve.engine.eviction import Resident, plan_eviction
 from mmserve.engine.model import Model, ModelState
-from mmserve.engine.replicas import TextOp
+from mmserve.engine.remote import RemoteReplica
+from mmserve.engine.replicas import ProcessReplica, Replica, TextOp
 from mmserve.engine.telemetry import NullTelemetry, Telemetry, count_tokens
 from mmserve.engine.types import (
+    Capability,
     ChatRequest,
     CompletionRequest,
     EmbedRequest,
@@ -28,11 +30,26 @@ from mmserve.engine.types import (
     TextDone,
     TextEvent,
 )
-from mmserve.errors import Conflict, InvalidRequest, MMServeError, ModelNotFound, ModelUnavailable
+from mmserve.errors import (
+    BackendError,
+    Conflict,
+    InvalidRequest,
+    MMServeError,
+    ModelNotFound,
+    ModelUnavailable,
+)
 
 __all__ = ["ModelManager", "ModelState"]
 
 MB = 2**20
+R = TypeVar("R", bound=Replica)
+
+
+def _of(replica: Replica, kind: type[R]) -> R:
+    """The replica as the kind a route expects (the routes pick by the model's kind)."""
+    if not isinstance(replica, kind):
+        raise BackendError(f"this route cannot use a {type(replica).__name__}")
+    return replica
 
 
 class ModelManager:
@@ -70,6 +87,14 @@ class ModelManager:
         self._by_name.update(dict.fromkeys(spec.names, model))
         return model
 
+    async def unregister(self, name: str) -> None:
+        """Unload a model and forget it (its names become free)."""
+        model = self.get(name)
+        await model.unload()
+        del self.models[model.spec.name]
+        for alias in model.spec.names:
+            self._by_name.pop(alias, None)
+
     def get(self, name: str) -> Model:
         """The model named `name` (or an alias of it); ModelNotFound listing the known ones."""
         try:
@@ -88,7 +113,7 @@ class ModelManager:
         request = request.model_copy(update={"sampling": model.check_sampling(request.sampling)})
         started, first = time.monotonic(), True
         async with model.lease(op) as replica:
-            events = replica.generate(op, request)
+            events = _of(replica, ProcessReplica).generate(op, request)
             async with contextlib.aclosing(events):
                 async for event in events:
                     if first and isinstance(event, TextDelta):
@@ -111,10 +136,45 @@ class ModelManager:
                     f"model {name!r} gives {replica.info.dimensions} dimensions, not {dimensions}",
                     param="dimensions",
                 )
-            result = await replica.embed(request)
+            result = await _of(replica, ProcessReplica).embed(request)
         self.telemetry.embedded(model.spec.name, len(request.inputs))
         count_tokens(result.prompt_tokens)
         return result
+
+    async def call(self, name: str, body: dict[str, Any]) -> Any:
+        """A model's own operation, JSON in and out: a program's `call` op, or a JSON endpoint."""
+        model = self.get(name)
+        async with model.lease("call") as replica:
+            if isinstance(replica, RemoteReplica):
+                return await replica.post("", body)
+            return await _of(replica, ProcessReplica).call(body)
+
+    async def relay(
+        self, name: str, capability: Capability, path: str, body: dict[str, Any]
+    ) -> Any:
+        """Send an OpenAI request as it came to a remote model (kind http); its JSON answer."""
+        model = self.get(name)
+        async with model.lease(capability) as replica:
+            answer = await _of(replica, RemoteReplica).post(path, body)
+        usage = answer.get("usage") if isinstance(answer, dict) else None
+        if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
+            count_tokens(usage["total_tokens"])
+        return answer
+
+    async def relay_stream(
+        self, name: str, capability: Capability, path: str, body: dict[str, Any]
+    ) -> AsyncGenerator[bytes, None]:
+        """Like `relay`, for a stream: the upstream's bytes as they arrive."""
+        model = self.get(name)
+        started, first = time.monotonic(), True
+        async with model.lease(capability) as replica:
+            chunks = _of(replica, RemoteReplica).stream(path, body)
+            async with contextlib.aclosing(chunks):
+                async for chunk in chunks:
+                    if first:
+                        self.telemetry.first_token(model.spec.name, time.monotonic() - started)
+                        first = False
+                    yield chunk
 
     # ---- start and stop ----------------------------------------------------------------------
 

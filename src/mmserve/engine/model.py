@@ -33,7 +33,8 @@ from mmserve.catalog import catalog_entry, is_catalog_source
 from mmserve.config import ModelSpec, Settings
 from mmserve.engine.devices import check_device
 from mmserve.engine.logs import ModelLog
-from mmserve.engine.replicas import ProcessReplica
+from mmserve.engine.remote import RemoteReplica
+from mmserve.engine.replicas import ProcessReplica, Replica
 from mmserve.engine.scheduler import Admission
 from mmserve.engine.telemetry import Telemetry
 from mmserve.engine.types import Capability, Sampling
@@ -52,13 +53,14 @@ BASE_BACKOFF = 0.5  # seconds before the first restart of a crashed replica; dou
 MAX_BACKOFF = 60.0
 STABLE_AFTER = 60.0  # a replica that ran this long before crashing resets the backoff
 LOG_TAIL = 20  # lines of the model's log shown in its status
-KNOWN_CAPABILITIES: tuple[Capability, ...] = ("chat", "complete", "embed")
+KNOWN_CAPABILITIES: tuple[Capability, ...] = ("chat", "complete", "embed", "call")
 # What a replica process costs beyond its weights (Python, the engine, buffers): a rough guess
 # used only before a model has been loaded once; after that its measured size is used.
 PROCESS_OVERHEAD = 150 * 2**20
 
 _WHAT = {"chat": "chat (/v1/chat/completions)", "complete": "text completion (/v1/completions)",
-         "embed": "embeddings (/v1/embeddings)"}  # fmt: skip
+         "embed": "embeddings (/v1/embeddings)",
+         "call": "its own calls (/api/v1/{model}/call)"}  # fmt: skip
 
 MakeRoom = Callable[["Model"], Awaitable[None]]
 
@@ -91,7 +93,7 @@ class Model:
         self._make_room = make_room
         self._on_change = on_change  # told when requests end or memory is freed (room waiters)
         self.state = ModelState.UNLOADED
-        self.replicas: list[ProcessReplica] = []
+        self.replicas: list[Replica] = []
         self.in_flight = 0
         self.loads = 0
         self.last_error: str | None = None
@@ -123,9 +125,15 @@ class Model:
         return self.in_flight > 0 or self.state in (ModelState.LOADING, ModelState.UNLOADING)
 
     @property
+    def remote(self) -> bool:
+        """Served by another server (kind http): holds no memory here, takes no room."""
+        return self.spec.kind == "http"
+
+    @property
     def resident(self) -> bool:
         """Holds (or is about to hold) memory: counts against max_loaded_models."""
-        return self.state in (ModelState.LOADING, ModelState.READY, ModelState.UNLOADING)
+        active = (ModelState.LOADING, ModelState.READY, ModelState.UNLOADING)
+        return self.state in active and not self.remote
 
     @property
     def capabilities(self) -> list[Capability]:
@@ -146,7 +154,7 @@ class Model:
     # ---- requests ----------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def lease(self, capability: Capability) -> AsyncIterator[ProcessReplica]:
+    async def lease(self, capability: Capability) -> AsyncIterator[Replica]:
         """The least busy ready replica for one request, held until the request ends.
 
         Loads the model first if needed. While a lease is held the model is busy: it is
@@ -220,7 +228,7 @@ class Model:
                 f"model {self.spec.name!r} does not support {_WHAT[capability]}; it serves: {can}"
             )
 
-    def _live_replicas(self) -> list[ProcessReplica]:
+    def _live_replicas(self) -> list[Replica]:
         return [r for r in self.replicas if r.alive]
 
     # ---- management --------------------------------------------------------------------------
@@ -277,7 +285,8 @@ class Model:
         self.state = ModelState.LOADING
         self.loads += 1
         try:
-            await self._make_room(self)
+            if not self.remote:
+                await self._make_room(self)
         except ModelUnavailable as exc:  # no room: nothing was started, nothing to undo
             self.state = ModelState.UNLOADED
             self.last_error = exc.message
@@ -323,7 +332,9 @@ class Model:
         self.log.event("unloaded")
         self._on_change()
 
-    def _new_replica(self, device: str) -> ProcessReplica:
+    def _new_replica(self, device: str) -> Replica:
+        if self.remote:
+            return RemoteReplica(self.spec, device, self.log)
         return ProcessReplica(
             self.spec,
             device,

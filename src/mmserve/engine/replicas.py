@@ -1,4 +1,6 @@
-"""Replicas: one running copy of a model on one device. Today one kind, a child process."""
+"""Replicas: one running copy of a model. `Replica` holds what every kind shares (requests in
+flight, draining, status); `ProcessReplica` is a child process on one device (llm, embedding,
+subprocess). A remote server is `engine.remote.RemoteReplica`."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncGenerator, Callable
-from typing import Literal
+from typing import Any, Literal
 
 import psutil
 
@@ -27,7 +29,7 @@ from mmserve.errors import BackendError
 from mmserve.workers.protocol import Chunk, Result, WorkerInfo
 from mmserve.workers.supervisor import WorkerProcess
 
-__all__ = ["ProcessReplica", "backend_spec"]
+__all__ = ["ProcessReplica", "Replica", "backend_spec"]
 
 TextOp = Literal["chat", "complete"]
 
@@ -55,22 +57,15 @@ def backend_spec(spec: ModelSpec, device: str) -> BackendSpec:
     )
 
 
-class ProcessReplica:
-    """One replica of an llm or embedding model: its own child process on one device.
+class Replica:
+    """What every replica kind shares: the count of requests in flight, and waiting for it.
 
     `in_flight` counts requests leased to it and not yet finished (see `Model.lease`); the model
     reads it to pick the least busy replica and to drain before a stop. Only the event loop's
-    thread touches it, so it needs no lock.
+    thread touches it, so it needs no lock. Subclasses start, stop and serve.
     """
 
-    def __init__(
-        self,
-        spec: ModelSpec,
-        device: str,
-        log: ModelLog,
-        on_exit: Callable[[ProcessReplica], None],
-        heartbeat: tuple[float, float] | None = None,
-    ) -> None:
+    def __init__(self, device: str) -> None:
         self.device = device
         self.in_flight = 0
         self.requests_served = 0
@@ -78,38 +73,33 @@ class ProcessReplica:
         self._idle.set()
         self.loaded_at: float | None = None
         self.load_seconds: float | None = None
-        self.worker = WorkerProcess(
-            backend_spec(spec, device),
-            log,
-            on_exit=lambda _: on_exit(self),
-            command=spec.command,  # a user's program (kind: subprocess), else mmserve's worker
-            heartbeat=heartbeat,
-        )
 
     @property
     def info(self) -> WorkerInfo:
-        return self.worker.info
+        """What the loaded model can do (valid once started)."""
+        raise NotImplementedError
 
     @property
     def pid(self) -> int | None:
-        return self.worker.pid
+        return None
 
     @property
     def alive(self) -> bool:
-        return self.loaded_at is not None and not self.worker.exited.is_set()
+        return self.loaded_at is not None
 
     async def start(self, timeout: float) -> None:
         started = time.monotonic()
-        await self.worker.start(timeout)
+        await self._start(timeout)
         self.load_seconds = time.monotonic() - started
         self.loaded_at = time.time()
 
+    async def _start(self, timeout: float) -> None:
+        raise NotImplementedError
+
     async def stop(self) -> None:
-        await self.worker.stop()
+        raise NotImplementedError
 
     def resident_bytes(self) -> int | None:
-        with contextlib.suppress(psutil.Error, TypeError):
-            return int(psutil.Process(self.pid).memory_info().rss)
         return None
 
     def status(self) -> dict[str, object]:
@@ -142,6 +132,51 @@ class ProcessReplica:
             return False
         return True
 
+
+class ProcessReplica(Replica):
+    """One replica of an llm, embedding or subprocess model: its own child process on one
+    device, spoken to with the worker protocol."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        device: str,
+        log: ModelLog,
+        on_exit: Callable[[ProcessReplica], None],
+        heartbeat: tuple[float, float] | None = None,
+    ) -> None:
+        super().__init__(device)
+        self.worker = WorkerProcess(
+            backend_spec(spec, device),
+            log,
+            on_exit=lambda _: on_exit(self),
+            command=spec.command,  # a user's program (kind: subprocess), else mmserve's worker
+            heartbeat=heartbeat,
+        )
+
+    @property
+    def info(self) -> WorkerInfo:
+        return self.worker.info
+
+    @property
+    def pid(self) -> int | None:
+        return self.worker.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.loaded_at is not None and not self.worker.exited.is_set()
+
+    async def _start(self, timeout: float) -> None:
+        await self.worker.start(timeout)
+
+    async def stop(self) -> None:
+        await self.worker.stop()
+
+    def resident_bytes(self) -> int | None:
+        with contextlib.suppress(psutil.Error, TypeError):
+            return int(psutil.Process(self.pid).memory_info().rss)
+        return None
+
     async def generate(
         self, op: TextOp, request: ChatRequest | CompletionRequest
     ) -> AsyncGenerator[TextEvent, None]:
@@ -161,3 +196,12 @@ class ProcessReplica:
                 if isinstance(reply, Result):
                     return EmbedResult.model_validate(reply.data)
         raise BackendError("the worker ended an embedding request without a result")
+
+    async def call(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A program's own operation (`call`): JSON in, JSON out."""
+        replies = self.worker.request("call", body)
+        async with contextlib.aclosing(replies):
+            async for reply in replies:
+                if isinstance(reply, Result):
+                    return reply.data
+        raise BackendError("the worker ended a call without a result")

@@ -24,7 +24,7 @@ __all__ = [
     "TextEvent",
 ]
 
-Capability = Literal["chat", "complete", "embed"]
+Capability = Literal["chat", "complete", "embed", "call"]
 FinishReason = Literal["stop", "length"]
 
 

@@ -177,6 +177,9 @@ class Worker:
             result = self.backend.embed(EmbedRequest.model_validate(body))
             self.writer.send(Result(id=rid, data=result.model_dump()))
             return
+        if op == "call":
+            self.writer.send(Result(id=rid, data=self.backend.call(body)))
+            return
         events: Iterator[TextEvent]
         if op == "chat":
             events = self.backend.chat(ChatRequest.model_validate(body), job.cancelled.is_set)
