@@ -48,6 +48,7 @@ SUBPROCESS = "subprocess"  # the backend name of a user's program (kind: subproc
 HTTP_BACKENDS = ("openai", "json")  # kind http: an OpenAI-compatible server, or any JSON endpoint
 HTTP_FIELDS = ("base_url", "api_key", "api_key_env", "upstream_model")
 HTTP_CONCURRENCY = 64  # kind http's default max_concurrency
+BATCHED_KINDS = ("embedding", "vision")  # their requests are batched (max_batch_size)
 DEVICE_PATTERN = r"^(cpu|cuda:\d+)$"
 _DEVICE = re.compile(DEVICE_PATTERN)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
@@ -112,11 +113,22 @@ class ModelSpec(_Strict):
     )
     pinned: bool = Field(False, description="never evicted to make room for another model")
     preload: bool = Field(True, description="load at start-up (else on the first request)")
-    max_concurrency: int = Field(1, ge=1, description="requests one replica runs at once")
+    max_concurrency: int = Field(
+        1,
+        ge=1,
+        description="requests in flight per replica (default 1; embedding and vision: "
+        "2 x max_batch_size, as their requests are batched; http: 64)",
+    )
     max_queue: int = Field(64, ge=0, description="requests waiting for a replica; beyond: 429")
     queue_timeout: float = Field(300.0, gt=0, description="seconds a request may wait; then 503")
     max_tokens: int | None = Field(None, ge=1, description="cap on a request's max_tokens")
     max_inputs: int = Field(2048, ge=1, description="cap on inputs in one embedding request")
+    max_batch_size: int = Field(
+        8, ge=1, description="embedding and vision: requests run together as one batch, at most"
+    )
+    batch_wait: float = Field(
+        0.005, ge=0, description="seconds a batch waits for more requests after its first"
+    )
 
     @field_validator("name", "aliases")
     @classmethod
@@ -184,6 +196,10 @@ class ModelSpec(_Strict):
             raise ValueError(f"unknown backend {backend!r}; known: {', '.join(sorted(BACKENDS))}")
         if self.source is None and backend != "fake":
             raise ValueError(f"model {self.name!r} needs a source (a path or catalog:NAME)")
+        if self.kind in BATCHED_KINDS and "max_concurrency" not in self.model_fields_set:
+            # Requests in flight feed the batcher, which runs one batch at a time: room for a
+            # full batch running and the next one gathering.
+            object.__setattr__(self, "max_concurrency", 2 * self.max_batch_size)
         return self._place(backend)
 
     def _subprocess(self) -> ModelSpec:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
@@ -114,3 +115,20 @@ def test_each_replica_is_its_own_process(fake_server) -> None:
     echo = next(m for m in status["models"] if m["name"] == "echo")
     assert len(echo["replicas"]) == 2
     assert len(set(pids)) == len(pids) and status["server"]["pid"] not in pids
+
+
+def test_concurrent_embedding_requests_are_batched(fake_server) -> None:
+    """16 concurrent single-sentence requests reach the child in fewer calls, and each gets
+    its own vector and its own token count."""
+    client = openai.OpenAI(base_url=f"{fake_server.url}/v1", api_key="-", max_retries=0)
+    before = fake_server.model("vec")["replicas"][0]["batches"]
+    texts = [f"sentence number {i}" + " word" * i for i in range(16)]
+    alone = [client.embeddings.create(model="vec", input=t).data[0].embedding for t in texts[:2]]
+    with ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(lambda t: client.embeddings.create(model="vec", input=t), texts))
+    after = fake_server.model("vec")["replicas"][0]["batches"]
+    calls, items = after["calls"] - before["calls"] - 2, after["items"] - before["items"] - 2
+    assert items == 16 and calls < 16
+    assert after["largest"] > 1
+    assert [r.data[0].embedding for r in replies[:2]] == alone
+    assert [r.usage.prompt_tokens for r in replies] == [len(t.split()) for t in texts]

@@ -20,6 +20,7 @@ __all__ = ["HttpMetrics", "Metrics"]
 
 # Seconds: from a few ms (embeddings, errors) to minutes (long generations, cold loads).
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class Metrics:
@@ -51,6 +52,10 @@ class Metrics:
         self.restarts = Counter(
             "mmserve_worker_restarts", "crashed replicas restarted", ["model"], registry=r
         )
+        self.batch_size = Histogram(
+            "mmserve_batch_size", "requests run together in one batch (embedding, vision)",
+            ["model"], buckets=BATCH_BUCKETS, registry=r,
+        )  # fmt: skip
         self.manager: ModelManager | None = None
 
     def watch(self, manager: ModelManager) -> None:
@@ -78,6 +83,9 @@ class Metrics:
 
     def restarted(self, model: str) -> None:
         self.restarts.labels(model).inc()
+
+    def batched(self, model: str, size: int) -> None:
+        self.batch_size.labels(model).observe(size)
 
 
 class ModelStateCollector(Collector):

@@ -66,9 +66,8 @@ class FakeBackend(Backend):
 
     def embed(self, request: EmbedRequest) -> EmbedResult:
         vectors = [self._vector(text) for text in request.inputs]
-        return EmbedResult(
-            vectors=vectors, prompt_tokens=sum(len(t.split()) for t in request.inputs)
-        )
+        counts = [len(t.split()) for t in request.inputs]
+        return EmbedResult(vectors=vectors, prompt_tokens=sum(counts), input_tokens=counts)
 
     def _generate(
         self,

@@ -112,8 +112,8 @@ class LlamaCppBackend(Backend):
 
     def embed(self, request: EmbedRequest) -> EmbedResult:
         vectors = self.llm.embed(request.inputs, normalize=True, truncate=True)
-        count = sum(len(self.llm.tokenize(t.encode(), add_bos=True)) for t in request.inputs)
-        return EmbedResult(vectors=vectors, prompt_tokens=count)
+        counts = [len(self.llm.tokenize(t.encode(), add_bos=True)) for t in request.inputs]
+        return EmbedResult(vectors=vectors, prompt_tokens=sum(counts), input_tokens=counts)
 
     def _generate(
         self, prompt: list[int], sampling: Sampling, stops: list[str], cancelled: Cancelled

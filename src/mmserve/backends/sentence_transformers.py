@@ -39,5 +39,5 @@ class SentenceTransformersBackend(Backend):
                 request.inputs, batch_size=self.batch_size, convert_to_numpy=True
             )
         features = self.model.tokenize(request.inputs)
-        tokens = int(features["attention_mask"].sum())
-        return EmbedResult(vectors=vectors.tolist(), prompt_tokens=tokens)
+        counts = [int(n) for n in features["attention_mask"].sum(dim=1)]
+        return EmbedResult(vectors=vectors.tolist(), prompt_tokens=sum(counts), input_tokens=counts)

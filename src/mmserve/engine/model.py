@@ -341,6 +341,7 @@ class Model:
             self.log,
             self._on_replica_exit,
             heartbeat=(self.settings.ping_interval, self.settings.ping_timeout),
+            on_batch=lambda size: self.telemetry.batched(self.spec.name, size),
         )
 
     def _fail(self, reason: str) -> None:

@@ -15,6 +15,7 @@ import psutil
 
 from mmserve.backends.base import BackendSpec
 from mmserve.config import ModelSpec
+from mmserve.engine.batcher import Batcher
 from mmserve.engine.logs import ModelLog
 from mmserve.engine.types import (
     ChatRequest,
@@ -30,6 +31,14 @@ from mmserve.workers.protocol import Chunk, Result, WorkerInfo
 from mmserve.workers.supervisor import WorkerProcess
 
 __all__ = ["ProcessReplica", "Replica", "backend_spec"]
+
+
+def _spread(total: int, count: int) -> list[int]:
+    """`total` tokens over `count` inputs, as evenly as whole numbers allow (for a program that
+    does not count each input's tokens)."""
+    share, extra = divmod(total, count)
+    return [share + (i < extra) for i in range(count)]
+
 
 TextOp = Literal["chat", "complete"]
 
@@ -144,8 +153,16 @@ class ProcessReplica(Replica):
         log: ModelLog,
         on_exit: Callable[[ProcessReplica], None],
         heartbeat: tuple[float, float] | None = None,
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         super().__init__(device)
+        # Concurrent embedding requests become one `embed` op (see engine.batcher).
+        self.embedder = Batcher(
+            self._embed_batch,
+            max_batch_size=spec.max_batch_size,
+            max_wait=spec.batch_wait,
+            on_batch=on_batch,
+        )
         self.worker = WorkerProcess(
             backend_spec(spec, device),
             log,
@@ -170,7 +187,11 @@ class ProcessReplica(Replica):
         await self.worker.start(timeout)
 
     async def stop(self) -> None:
+        await self.embedder.close("the model was unloaded while the request waited")
         await self.worker.stop()
+
+    def status(self) -> dict[str, object]:
+        return {**super().status(), "batches": self.embedder.stats.to_json()}
 
     def resident_bytes(self) -> int | None:
         with contextlib.suppress(psutil.Error, TypeError):
@@ -190,6 +211,30 @@ class ProcessReplica(Replica):
                     yield TextDone.model_validate(reply.data)
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
+        return await self.embedder.submit(request)
+
+    async def _embed_batch(self, requests: list[EmbedRequest]) -> list[EmbedResult]:
+        """Several requests' inputs as one `embed` op; each gets its vectors and its tokens."""
+        if len(requests) == 1:
+            return [await self._embed(requests[0])]
+        inputs = [text for request in requests for text in request.inputs]
+        merged = await self._embed(EmbedRequest(inputs=inputs))
+        counts = merged.input_tokens or _spread(merged.prompt_tokens, len(inputs))
+        results, start = [], 0
+        for request in requests:
+            end = start + len(request.inputs)
+            tokens = counts[start:end]
+            results.append(
+                EmbedResult(
+                    vectors=merged.vectors[start:end],
+                    prompt_tokens=sum(tokens),
+                    input_tokens=tokens,
+                )
+            )
+            start = end
+        return results
+
+    async def _embed(self, request: EmbedRequest) -> EmbedResult:
         replies = self.worker.request("embed", request.model_dump())
         async with contextlib.aclosing(replies):
             async for reply in replies:

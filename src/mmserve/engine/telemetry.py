@@ -42,6 +42,8 @@ class Telemetry(Protocol):
 
     def restarted(self, model: str) -> None: ...
 
+    def batched(self, model: str, size: int) -> None: ...
+
 
 class NullTelemetry:
     def first_token(self, model: str, seconds: float) -> None:
@@ -60,4 +62,7 @@ class NullTelemetry:
         pass
 
     def restarted(self, model: str) -> None:
+        pass
+
+    def batched(self, model: str, size: int) -> None:
         pass

@@ -90,3 +90,5 @@ TextEvent = TextDelta | TextDone
 class EmbedResult(_Frozen):
     vectors: list[list[float]]
     prompt_tokens: int
+    # Each input's tokens, when the backend tells: a batched call's usage is split by them.
+    input_tokens: list[int] | None = None
