@@ -3,8 +3,10 @@
 The scripts run as `.venv/bin/python bench/<script>.py` from the repository root, so this
 directory is first on `sys.path` and they import from here with `from common import ...`.
 
-  server    `free_port`, `write_config`, `start_server`, `wait_until` with the checks
-            `is_healthy` and `models_ready`, `terminate` and `stop_server`, `tail` of its log
+  server    `free_port`, `write_config`, `start_server` (mmserve) and `start_process` (any
+            server, a peer's), `wait_until` with the checks `is_healthy`, `models_ready`,
+            `started` and `answers`, `terminate` and `stop_server`, `tail` of its log; or all
+            of it at once: `serving_mmserve` and `serving` (a peer's) as context managers
   noise     `CpuMeter`: the CPU cores other programs kept busy during a measurement
   figures   `medians` per contender, `median_ratios` of two paired contenders
   context   `omp_env` (the OpenMP settings the server gives its model processes),
@@ -23,7 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -66,14 +68,37 @@ def start_server(config: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]
     command = [sys.executable, "-m", "mmserve", "serve", "--config", str(config)]
     command += ["--port", str(port)]
     env = {k: v for k, v in os.environ.items() if k != "MMSERVE_CONFIG"}
+    return start_process(command, log, env), f"http://127.0.0.1:{port}"
+
+
+def start_process(
+    command: Sequence[str], log: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `command` with its stdout and stderr to `log`; `env` replaces the environment."""
     with log.open("wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    return proc, f"http://127.0.0.1:{port}"
+        return subprocess.Popen(list(command), stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
 def is_healthy(url: str) -> bool:
     """Whether the server's /health answers 200."""
     return httpx.get(f"{url}/health", timeout=2).status_code == 200
+
+
+def answers(url: str) -> bool:
+    """Whether a GET of `url` answers 200 (a peer server's readiness check)."""
+    return httpx.get(url, timeout=5).status_code == 200
+
+
+def started(url: str, log: Path) -> bool:
+    """Whether /ready answers 200 (the models loaded at start are); RuntimeError if one failed.
+
+    Unlike `models_ready`, a model that loads on its first request (`preload: false`) does not
+    hold it up.
+    """
+    if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
+        return True
+    models_ready(url, log)  # raises if a model failed to load
+    return False
 
 
 def models_ready(url: str, log: Path) -> bool:
@@ -139,6 +164,57 @@ def stop_server(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
         print(f"warning: child pid {child.pid} outlived the server; killing it")
         with contextlib.suppress(psutil.NoSuchProcess):
             child.kill()
+
+
+@contextlib.contextmanager
+def serving_mmserve(
+    directory: Path, config: dict[str, Any], *, timeout: float = 300
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`mmserve serve` with `config` (written to `directory`), its start-up models ready.
+
+    Yields the base URL and the process; stops the server (and its children) at the end.
+    RuntimeError (quoting the server's log) if it exits or a model fails to load first.
+    """
+    log = directory / "server.log"
+    proc, url = start_server(write_config(directory, config), log)
+    try:
+        wait_until(
+            proc,
+            log,
+            lambda: is_healthy(url) and started(url, log),
+            timeout=timeout,
+            interval=0.2,
+            what="mmserve not ready",
+            retry_on=(httpx.TransportError, ValueError, KeyError),
+        )
+        yield url, proc
+    finally:
+        stop_server(proc)
+
+
+@contextlib.contextmanager
+def serving(
+    command: Sequence[str],
+    log: Path,
+    ready_url: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 300,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Any server (a peer's): started, then polled until `ready_url` answers 200; stopped after."""
+    proc = start_process(command, log, env)
+    try:
+        wait_until(
+            proc,
+            log,
+            lambda: answers(ready_url),
+            timeout=timeout,
+            interval=0.2,
+            what=f"{Path(command[0]).name} not ready",
+        )
+        yield proc
+    finally:
+        stop_server(proc)
 
 
 # --- noise -------------------------------------------------------------------------------------
