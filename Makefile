@@ -34,5 +34,7 @@ fmt: $(STAMP)
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
+# Every side-by-side benchmark (peers installed into bench/.peers/), then docs/benchmarks.md's
+# generated section; ARGS=--quick for a short run that only prints.
 bench: $(STAMP)
-	$(BIN)/python bench/stream_tokens.py $(ARGS)
+	bench/run $(ARGS)
