@@ -38,7 +38,7 @@ import httpx
 
 from clients import Loop, closed_loop, percentile, threaded_loop
 from common import CpuMeter, free_port, omp_env, serving, serving_mmserve
-from harness import Failures, effective, parse_args, run_benchmark, run_rounds
+from harness import Failures, effective, parse_args, rounds_done, run_benchmark, run_rounds
 from peers import (
     LLAMA_SERVER_SAMPLING,
     ensure,
@@ -180,7 +180,9 @@ def measure(result: Result, args: argparse.Namespace) -> None:
         meter = CpuMeter(pids)
         contenders = {name: measured(meter, run) for name, run in rounds.items()}
         warm_ups = {name: measured(meter, run) for name, run in warm.items()}
-        samples = run_rounds(contenders, args.rounds, failures, show, warm_ups)
+        samples = run_rounds(
+            contenders, args.rounds, failures, show, warm_ups, deadline=args.deadline
+        )
     fill(result, samples, failures, args)
 
 
@@ -214,8 +216,9 @@ def fill(
         rows.append(Row(label, values, note=note, baseline=name == "mmserve"))
     result.tables.append(Table(columns, rows))
     per_round = CLIENTS * args.requests
+    done = rounds_done(samples, args.rounds)
     result.notes += [
-        f"{args.rounds} rounds after a warm-up (one request from each client); a round is "
+        f"{done} after a warm-up (one request from each client); a round is "
         f"{CLIENTS} clients x {args.requests} requests = {per_round} requests; max_tokens "
         f"{args.max_tokens}; {args.threads} thread(s) for every contender.",
         f"mmserve runs {concurrency(args.threads)} request(s) at a time per llm replica "

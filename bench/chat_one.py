@@ -34,7 +34,7 @@ import httpx
 
 from clients import Stream, read_sse_chat
 from common import CpuMeter, free_port, omp_env, serving, serving_mmserve
-from harness import Failures, parse_args, run_benchmark, run_rounds
+from harness import Failures, parse_args, rounds_done, run_benchmark, run_rounds
 from peers import (
     LLAMA_SERVER_SAMPLING,
     ensure,
@@ -159,7 +159,7 @@ def measure(result: Result, args: argparse.Namespace) -> None:
         runners["direct"] = direct_runner(llm, args.max_tokens)
         meter = CpuMeter(pids)
         contenders = {name: sampled(llm, meter, run) for name, run in runners.items()}
-        samples = run_rounds(contenders, args.rounds, failures, show)
+        samples = run_rounds(contenders, args.rounds, failures, show, deadline=args.deadline)
     fill(result, samples, failures, args)
 
 
@@ -192,8 +192,9 @@ def fill(
         )
     result.tables.append(Table(columns, rows))
     tokens = sorted({s.tokens for runs in samples.values() for s in runs})
+    done = rounds_done(samples, args.rounds)
     result.notes += [
-        f"{args.rounds} rounds after one warm-up request each; {args.threads} thread(s) for every "
+        f"{done} after one warm-up request each; {args.threads} thread(s) for every "
         f"contender; max_tokens {args.max_tokens}; tokens per reply: "
         f"{', '.join(map(str, tokens))}.",
         agreement(samples),

@@ -39,7 +39,7 @@ import httpx
 
 from clients import closed_loop
 from common import CpuMeter, free_port, omp_env, serving, serving_mmserve
-from harness import Failures, effective, parse_args, run_benchmark, run_rounds
+from harness import Failures, effective, parse_args, rounds_done, run_benchmark, run_rounds
 from peers import ensure, infinity, infinity_command, infinity_env
 from results import Column, Result, Row, Table
 
@@ -187,7 +187,9 @@ def measure(result: Result, args: argparse.Namespace) -> None:
         meter = CpuMeter(pids)
         contenders = {name: measured(meter, run) for name, run in runs.items()}
         warm_ups = {name: measured(meter, run) for name, run in warm.items()}
-        samples = run_rounds(contenders, args.rounds, failures, show, warm_ups)
+        samples = run_rounds(
+            contenders, args.rounds, failures, show, warm_ups, deadline=args.deadline
+        )
     fill(result, samples, failures, args, versions)
 
 
@@ -232,8 +234,9 @@ def fill(
         )
     result.tables.append(Table(columns, rows))
     cores = os.cpu_count() or 1
+    done = rounds_done(samples, args.rounds)
     result.notes += [
-        f"{args.rounds} rounds after a short warm-up each; each figure is {args.seconds:g} s of "
+        f"{done} after a short warm-up each; each figure is {args.seconds:g} s of "
         f"requests; {args.threads} thread(s) for every contender except the last row "
         f"({cores} cores).",
         f"{mmserve_batching(args.threads)} Infinity batches concurrent requests too, up to "

@@ -36,7 +36,7 @@ import httpx
 
 from clients import Loop, closed_loop, percentile
 from common import CpuMeter, free_port, serving, serving_mmserve
-from harness import Failures, parse_args, run_benchmark, run_rounds
+from harness import Failures, parse_args, rounds_done, run_benchmark, run_rounds
 from results import Column, Result, Row, Table
 
 BENCH = Path(__file__).resolve().parent
@@ -130,7 +130,9 @@ def measure(result: Result, args: argparse.Namespace) -> None:
         meter = CpuMeter(pids)
         contenders = {name: measured(meter, run) for name, run in runs.items()}
         warm_ups = {name: measured(meter, run) for name, run in warm.items()}
-        samples = run_rounds(contenders, args.rounds, failures, show, warm_ups)
+        samples = run_rounds(
+            contenders, args.rounds, failures, show, warm_ups, deadline=args.deadline
+        )
     fill(result, samples, failures, args)
 
 
@@ -162,8 +164,9 @@ def fill(
         note = f"not available: {note}" if note else ""
         rows.append(Row(label, values.get(name, {}), note=note, baseline=name == "mmserve"))
     result.tables.append(Table(columns, rows))
+    done = rounds_done(samples, args.rounds)
     result.notes.append(
-        f"{args.rounds} rounds after a warm-up; a round is {args.requests} requests from one "
+        f"{done} after a warm-up; a round is {args.requests} requests from one "
         f"client, then {MANY} clients for {args.seconds:g} s. Percentiles over every request "
         "of every round (nearest rank)."
     )

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from results import Result, render
 
 T = TypeVar("T")
+STOP_S = 15  # seconds kept for stopping the servers after the last round
 
 
 def parse_args(
@@ -41,9 +42,17 @@ def parse_args(
         help=f"CPU threads of every contender (default {threads}: mmserve's, half the cores)",
     )
     parser.add_argument("--json", type=Path, help="also write the result here (for bench/run)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        help="seconds it may take: no round starts that would end past them (bench/run sets it)",
+    )
     if extra is not None:
         extra(parser)
-    return parser.parse_args()
+    args = parser.parse_args()
+    # Rounds must end this much before the budget: the servers still have to stop.
+    args.deadline = None if args.budget is None else time.monotonic() + args.budget - STOP_S
+    return args
 
 
 def command() -> str:
@@ -105,14 +114,22 @@ def run_rounds(
     failures: Failures,
     show: Callable[[str, str, T], None],
     warm_ups: dict[str, Callable[[], T]] | None = None,
+    deadline: float | None = None,
 ) -> dict[str, list[T]]:
     """One warm-up call of each contender (of its entry in `warm_ups` if given: something
     shorter), then `rounds` rounds, each calling every contender once in `order`. A contender
     that raises is dropped from then on, its reason recorded in `failures`; the others go on.
-    Returns each contender's measured samples, by name."""
+    With a `deadline` (time.monotonic()), a round that would end past it (judged by the last
+    round's length) is not started, but one round always runs. Returns each contender's
+    measured samples, by name: as many as rounds ran."""
     samples: dict[str, list[T]] = {name: [] for name in contenders}
     live = list(contenders)
+    last = 0.0  # seconds the last round took
     for round_ in range(rounds + 1):
+        began = time.monotonic()
+        if round_ > 1 and deadline is not None and began + last > deadline:
+            print(f"  stopping after {round_ - 1} rounds: the next would overrun the time budget")
+            break
         label = f"round {round_}" if round_ else "warm-up"
         for name in order(live, round_) if live else []:
             call = contenders[name] if round_ or not warm_ups else warm_ups[name]
@@ -126,7 +143,15 @@ def run_rounds(
             if round_:
                 samples[name].append(sample)
             show(label, name, sample)
+        last = time.monotonic() - began
     return samples
+
+
+def rounds_done(samples: dict[str, list[Any]], asked: int) -> str:
+    """'N rounds', saying so when the time budget cut the run short of the `asked` rounds."""
+    done = max((len(runs) for runs in samples.values()), default=0)
+    cut = f" (of {asked} asked: stopped by the time budget)" if done < asked else ""
+    return f"{done} round{'s' if done != 1 else ''}{cut}"
 
 
 def publish(result: Result, args: argparse.Namespace, started: float) -> None:

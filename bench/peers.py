@@ -150,7 +150,15 @@ def install(peer: Peer) -> None:
                 command, stdout=out, stderr=subprocess.STDOUT, check=False, timeout=INSTALL_TIMEOUT
             )
             if done.returncode != 0:
-                raise RuntimeError(f"`{' '.join(command)}` failed:\n{tail(log, 1500)}")
+                shown = " ".join(command[2:] if command[1] == "-m" else command)
+                raise RuntimeError(f"`{shown}` failed: {why(log)} (see {log})")
+
+
+def why(log: Path) -> str:
+    """pip's last error line (else the log's last line): the reason, in one line."""
+    lines = [line.strip() for line in tail(log, 20_000).splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR")]
+    return (errors or lines or ["no output"])[-1][:300]
 
 
 def probe(peer: Peer) -> dict[str, str]:

@@ -11,10 +11,11 @@
 
 First the peers are installed if they are not yet (bench/.peers/, from PyPI: see peers.py; the
 first install takes minutes and is not part of the time budget). Each benchmark then runs as its
-own process (`.venv/bin/python bench/NAME.py --json FILE`, its output shown as it goes), within
-its own time cap and the run's budget (19.5 minutes): one that runs over is stopped and its
-section says so; a later one left without time says it was skipped. A peer that could not be
-installed or run keeps its row, with the reason.
+own process (`.venv/bin/python bench/NAME.py --json FILE --budget S`, its output shown as it
+goes), within its own time cap and the run's budget (19.5 minutes): it starts no round that
+would end past its budget (its notes then say how many rounds ran), one that still runs over is
+stopped and its section says so, and a later one left without time says it was skipped. A
+peer that could not be installed or run keeps its row, with the reason.
 
 At the end it prints the section and writes it into docs/benchmarks.md, between the markers
 `<!-- bench/run:begin -->` and `<!-- bench/run:end -->` (inserted after the introduction if they
@@ -54,6 +55,7 @@ BEGIN = "<!-- bench/run:begin -->"
 END = "<!-- bench/run:end -->"
 BUDGET_S = 19.5 * 60  # the whole run, peer installs aside, stays under 20 minutes
 STOP_GRACE_S = 30  # after SIGINT, for a benchmark to stop its servers
+STOP_MARGIN_S = 20  # a benchmark's own budget ends this long before it is stopped
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,8 @@ def run_one(bench: Benchmark, args: argparse.Namespace, out: Path, timeout: floa
     """Run one benchmark script in its own process group; its result, or why there is none."""
     command = [sys.executable, str(BENCH / bench.script), "--json", str(out)]
     command += ["--threads", str(args.threads), *(["--quick"] if args.quick else [])]
+    # Its own budget ends before the limit: it stops starting rounds in time to report.
+    command += ["--budget", f"{timeout - STOP_MARGIN_S:.0f}"]
     started = time.monotonic()
     # Its own process group: on a timeout the benchmark and the servers it started are stopped
     # together (SIGINT first, so that its context managers stop the servers cleanly).

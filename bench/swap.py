@@ -38,7 +38,7 @@ import httpx
 
 from clients import percentile
 from common import CpuMeter, free_port, omp_env, serving, serving_mmserve
-from harness import Failures, parse_args, run_benchmark, run_rounds
+from harness import Failures, parse_args, rounds_done, run_benchmark, run_rounds
 from peers import (
     LLAMA_SERVER_SAMPLING,
     ensure,
@@ -228,7 +228,9 @@ def measure(result: Result, args: argparse.Namespace) -> None:
         meter = CpuMeter(pids)
         contenders = {name: measured(meter, run) for name, run in runs.items()}
         warm_ups = {name: measured(meter, run) for name, run in warm.items()}
-        samples = run_rounds(contenders, args.rounds, failures, show, warm_ups)
+        samples = run_rounds(
+            contenders, args.rounds, failures, show, warm_ups, deadline=args.deadline
+        )
     fill(result, samples, failures, args)
 
 
@@ -263,8 +265,9 @@ def fill(
             )
         )
     result.tables.append(Table(columns, rows))
+    done = rounds_done(samples, args.rounds)
     result.notes.append(
-        f"{args.rounds} rounds after a warm-up; a round is {args.requests} requests, one at a "
+        f"{done} after a warm-up; a round is {args.requests} requests, one at a "
         f"time, alternating the models (each a swap, except in the reference row); "
         f"{args.threads} thread(s) per model for every contender."
     )
