@@ -28,6 +28,7 @@ from pydantic import (
 from mmserve.backends import BACKENDS
 from mmserve.catalog import CATALOG_PREFIX, catalog_entry, is_catalog_source
 from mmserve.errors import ConfigError
+from mmserve.vision.base import VISION_BACKENDS, threads_option
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -64,8 +65,8 @@ class ModelSpec(_Strict):
     name: str = Field(description="the name requests use in `model`; no slash")
     aliases: list[str] = Field(default_factory=list, description="other names for it")
     kind: Kind = Field(
-        description="llm, embedding, http (a remote server: see base_url), or subprocess "
-        "(a program: see command)"
+        description="llm, embedding, vision (in the server process), http (a remote server: "
+        "see base_url), or subprocess (a program: see command)"
     )
     backend: str | None = Field(None, description="engine; defaults by kind")
     source: str | None = Field(None, description="a file or directory path, or catalog:NAME")
@@ -189,6 +190,8 @@ class ModelSpec(_Strict):
             raise ValueError(f"{stray[0]} goes with kind: http")
         if self.kind == "subprocess" or self.command is not None:
             return self._subprocess()
+        if self.kind == "vision":
+            return self._vision()
         backend = self.backend or DEFAULT_BACKEND.get(self.kind)
         if backend is None:
             raise ValueError(f"kind {self.kind!r} has no backend in this version of mmserve")
@@ -196,10 +199,6 @@ class ModelSpec(_Strict):
             raise ValueError(f"unknown backend {backend!r}; known: {', '.join(sorted(BACKENDS))}")
         if self.source is None and backend != "fake":
             raise ValueError(f"model {self.name!r} needs a source (a path or catalog:NAME)")
-        if self.kind in BATCHED_KINDS and "max_concurrency" not in self.model_fields_set:
-            # Requests in flight feed the batcher, which runs one batch at a time: room for a
-            # full batch running and the next one gathering.
-            object.__setattr__(self, "max_concurrency", 2 * self.max_batch_size)
         return self._place(backend)
 
     def _subprocess(self) -> ModelSpec:
@@ -209,6 +208,24 @@ class ModelSpec(_Strict):
         if self.backend not in (None, SUBPROCESS):
             raise ValueError("kind: subprocess takes no backend: the command is the model")
         return self._place(SUBPROCESS)
+
+    def _vision(self) -> ModelSpec:
+        """A vision model: its weights come with its backend's package; it runs in the server
+        process, so on the CPU."""
+        if self.backend not in VISION_BACKENDS:
+            known = ", ".join(sorted(VISION_BACKENDS))
+            raise ValueError(f"kind: vision needs a backend: one of {known}")
+        if self.source is not None:
+            raise ValueError(
+                "kind: vision takes no source: its backend's package holds its weights"
+            )
+        if any(d != "cpu" for d in self.devices):
+            raise ValueError("vision models run in the server process, on the cpu device only")
+        try:
+            threads_option(self.options, self.backend)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
+        return self._place(self.backend)
 
     def _http(self) -> ModelSpec:
         """A remote server: reached by URL, so no source, command or devices of its own."""
@@ -235,6 +252,10 @@ class ModelSpec(_Strict):
                 raise ValueError("replicas and devices disagree: give one or the other")
         elif self.replicas is not None:
             devices = ["cpu"] * self.replicas
+        if self.kind in BATCHED_KINDS and "max_concurrency" not in self.model_fields_set:
+            # Requests in flight feed the batcher, which runs one batch at a time: room for a
+            # full batch running and the next one gathering.
+            object.__setattr__(self, "max_concurrency", 2 * self.max_batch_size)
         object.__setattr__(self, "backend", backend)
         object.__setattr__(self, "devices", devices)
         object.__setattr__(self, "replicas", len(devices))
@@ -268,6 +289,9 @@ DEFAULT_MODELS: list[dict[str, Any]] = [
     {"name": "smollm2", "kind": "llm", "source": "catalog:smollm2"},
     {"name": "gemma3-270m", "kind": "llm", "source": "catalog:gemma3-270m"},
     {"name": "minilm", "kind": "embedding", "source": "catalog:minilm"},
+    {"name": "ocr", "kind": "vision", "backend": "rapidocr"},
+    {"name": "imagenet", "kind": "vision", "backend": "efficientnet_lite0"},
+    {"name": "nsfw", "kind": "vision", "backend": "open_nsfw", "preload": False},
 ]
 
 
@@ -332,6 +356,18 @@ class Settings(_Strict):
     ping_interval: float = Field(10.0, gt=0, description="seconds between pings of each worker")
     ping_timeout: float = Field(
         30.0, gt=0, description="a worker that does not answer a ping this long is restarted"
+    )
+    max_image_pixels: int = Field(
+        40_000_000, gt=0, description="largest image (width x height) a request may send"
+    )
+    allow_remote_images: bool = Field(
+        False, description="fetch http(s) image URLs in requests (else only data URLs/base64)"
+    )
+    max_image_bytes: int = Field(
+        20 * 2**20, gt=0, description="largest image a request may send or have fetched, in bytes"
+    )
+    image_fetch_timeout: float = Field(
+        10.0, gt=0, description="seconds to fetch a remote image (allow_remote_images)"
     )
     max_body_bytes: int = Field(20 * 10**6, gt=0, description="largest request body accepted")
     allow_runtime_subprocess: list[str] = Field(

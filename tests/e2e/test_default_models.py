@@ -18,7 +18,7 @@ QUESTION = [{"role": "user", "content": "What is the capital of France? Answer i
 def server(server_factory):
     server = server_factory(None)  # no config: the built-in defaults
     models = server.wait_models(timeout=600)
-    assert all(m["state"] == "ready" for m in models), models
+    assert all(m["state"] == "ready" for m in models if m["name"] != "nsfw"), models
     return server
 
 
@@ -28,7 +28,8 @@ def client(server) -> openai.OpenAI:
 
 
 def test_the_defaults_are_served(client: openai.OpenAI) -> None:
-    assert [m.id for m in client.models.list()] == ["smollm2", "gemma3-270m", "minilm"]
+    names = ["smollm2", "gemma3-270m", "minilm", "ocr", "imagenet", "nsfw"]
+    assert [m.id for m in client.models.list()] == names
 
 
 def test_chat_and_the_same_answer_streamed(client: openai.OpenAI) -> None:
@@ -80,15 +81,21 @@ def test_embeddings_float_and_base64(client: openai.OpenAI, server) -> None:
     assert cosine(cat, cat2) > cosine(cat, stocks)
 
 
-def test_each_model_runs_in_its_own_process(server) -> None:
+def test_each_text_model_runs_in_its_own_process(server) -> None:
     status = server.status()
-    pids = [r["pid"] for m in status["models"] for r in m["replicas"]]
+    models = {m["name"]: m for m in status["models"]}
+    pids = [r["pid"] for n in ("smollm2", "gemma3-270m", "minilm") for r in models[n]["replicas"]]
     assert len(pids) == 3 and len(set(pids)) == 3 and status["server"]["pid"] not in pids
+    # Vision models run inside the server process.
+    assert {r["pid"] for n in ("ocr", "imagenet") for r in models[n]["replicas"]} == {
+        status["server"]["pid"]
+    }
 
 
 def test_errors_with_real_models(client: openai.OpenAI) -> None:
     with pytest.raises(
-        openai.NotFoundError, match="available models: gemma3-270m, minilm, smollm2"
+        openai.NotFoundError,
+        match="available models: gemma3-270m, imagenet, minilm, nsfw, ocr, smollm2",
     ):
         client.chat.completions.create(model="llama-70b", messages=QUESTION)
     with pytest.raises(openai.BadRequestError, match="embeddings"):

@@ -26,7 +26,13 @@ def test_example_config_loads_and_validates() -> None:
 def test_no_file_serves_the_builtin_models() -> None:
     settings = load_settings(None, env={})
     assert [m.name for m in settings.models] == [m["name"] for m in DEFAULT_MODELS]
-    assert {m.backend for m in settings.models} == {"llama_cpp", "sentence_transformers"}
+    assert {m.backend for m in settings.models} == {
+        "llama_cpp",
+        "sentence_transformers",
+        "rapidocr",
+        "efficientnet_lite0",
+        "open_nsfw",
+    }
 
 
 def test_layers_file_then_env_then_flags(tmp_path: Path) -> None:
@@ -186,6 +192,21 @@ def test_http_models(tmp_path: Path) -> None:
         ("{name: r, kind: http, base_url: 'http://h', backend: llama_cpp}", "openai or json"),
         ("{name: r, kind: http, base_url: 'http://h', command: [x]}", "not source or command"),
         ("{name: r, kind: llm, backend: fake, base_url: 'http://h'}", "base_url goes with"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load_settings(write(tmp_path, f"models:\n  - {bad}\n"), env={})
+
+
+def test_vision_models(tmp_path: Path) -> None:
+    ok = write(tmp_path, "models:\n  - {name: v, kind: vision, backend: rapidocr, threads: 1}\n")
+    (spec,) = load_settings(ok, env={}).models
+    assert spec.max_concurrency == 2 * spec.max_batch_size == 16
+    for bad, message in (
+        ("{name: v, kind: vision}", "needs a backend"),
+        ("{name: v, kind: vision, backend: llama_cpp}", "needs a backend"),
+        ("{name: v, kind: vision, backend: rapidocr, source: 'catalog:minilm'}", "no source"),
+        ("{name: v, kind: vision, backend: rapidocr, devices: ['cuda:0']}", "cpu device only"),
+        ("{name: v, kind: vision, backend: rapidocr, options: {lang: fr}}", "unknown options"),
     ):
         with pytest.raises(ConfigError, match=message):
             load_settings(write(tmp_path, f"models:\n  - {bad}\n"), env={})

@@ -5,6 +5,9 @@
     chat (local or upstream)  {"messages": [...], ...}  {"text", "finish_reason", "usage"}
     text completion           {"prompt": "...", ...}    the same ("texts" for a list of prompts)
     embeddings                {"input": str | [str]}    {"embeddings", "dimensions", "usage"}
+    vision: OCR               {"image": ...}            {"text", "lines": [{text, score, box}]}
+    vision: a classifier      {"image": ..., "top_k"}   {"labels": [{"label", "score"}]}
+    either, several images    {"images": [...]}         a list of those
 
 Sampling fields (temperature, max_tokens, ...) are those of the OpenAI routes, which these
 answers are built from; the compatibility form `/{post|get}/predict?id=MODEL` lands here too.
@@ -17,7 +20,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request
 
-from mmserve.api import openai
+from mmserve.api import openai, vision
 from mmserve.api import protocol as wire
 from mmserve.api.cancel import cancel_on_disconnect
 from mmserve.engine.model import Model
@@ -65,6 +68,13 @@ async def call_model(request: Request, name: str, body: dict[str, Any]) -> Any:
     manager = openai.manager_of(request)
     if "call" in model.capabilities:
         return await cancel_on_disconnect(request, manager.call(name, body))
+    if "vision" in model.capabilities:
+        if "image" not in body and "images" not in body:
+            raise InvalidRequest(
+                f"model {model.spec.name!r} takes a call body of the form {{'image': '<data URL "
+                "or base64>'}} or {'images': [...]}, with top_k for a classifier"
+            )
+        return await cancel_on_disconnect(request, vision.call(manager, model, body))
     for key, capability, _ in _SHAPES:
         if key in body and capability in model.capabilities:
             answer = await _openai_answer(request, model, capability, {**body, "model": name})

@@ -66,7 +66,9 @@ def _register(manager: ModelManager, body: LoadModelRequest) -> Model:
         )
     if body.model_type == "vision":
         raise InvalidRequest(
-            "vision models cannot be loaded by path in this version", param="model_type"
+            "vision models do not load from a file: their backend's package holds the weights; "
+            "configure one (kind: vision) or add it with POST /api/v1/models",
+            param="model_type",
         )
     settings = manager.settings
     path = checked_model_path(body.llama_model_path, settings.model_dirs, gguf=True)

@@ -11,7 +11,7 @@ from typing import TypeVar
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
-from mmserve.api import convert
+from mmserve.api import convert, vision
 from mmserve.api import protocol as wire
 from mmserve.api.cancel import cancel_on_disconnect
 from mmserve.api.sse import event_stream, relayed_stream
@@ -77,9 +77,14 @@ async def chat_completions(
     body: wire.ChatCompletionRequest, request: Request
 ) -> Response | wire.ChatCompletion:
     # An unknown model is a 404 before anything else is judged.
-    if resolve(request, body.model).remote:
+    model = resolve(request, body.model)
+    if model.remote:
         return await relay(request, body.model, "chat", "/chat/completions", body.stream)
-    events = manager_of(request).generate(body.model, "chat", convert.chat_request(body))
+    manager = manager_of(request)
+    if model.spec.kind == "vision":
+        events = vision.chat_events(manager, model, body)
+    else:
+        events = manager.generate(body.model, "chat", convert.chat_request(body))
     if body.stream:
         chunks = convert.chat_chunks(await prime(events), body.model, body.include_usage)
         return event_stream(chunks)

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from mmserve.config import ModelSpec, Settings
 from mmserve.engine.eviction import Resident, plan_eviction
+from mmserve.engine.inprocess import InProcessReplica, VisionItem
 from mmserve.engine.model import Model, ModelState
 from mmserve.engine.remote import RemoteReplica
 from mmserve.engine.replicas import ProcessReplica, Replica, TextOp
@@ -148,6 +149,13 @@ class ModelManager:
             if isinstance(replica, RemoteReplica):
                 return await replica.post("", body)
             return await _of(replica, ProcessReplica).call(body)
+
+    async def see(self, name: str, item: VisionItem) -> list[dict[str, Any]]:
+        """Run vision model `name` on the images of one request: one result per image."""
+        model = self.get(name)
+        model.check_inputs(len(item.images))
+        async with model.lease("vision") as replica:
+            return await _of(replica, InProcessReplica).run(item)
 
     async def relay(
         self, name: str, capability: Capability, path: str, body: dict[str, Any]

@@ -32,6 +32,7 @@ from typing import Any
 from mmserve.catalog import catalog_entry, is_catalog_source
 from mmserve.config import ModelSpec, Settings
 from mmserve.engine.devices import check_device
+from mmserve.engine.inprocess import InProcessReplica
 from mmserve.engine.logs import ModelLog
 from mmserve.engine.remote import RemoteReplica
 from mmserve.engine.replicas import ProcessReplica, Replica
@@ -53,14 +54,15 @@ BASE_BACKOFF = 0.5  # seconds before the first restart of a crashed replica; dou
 MAX_BACKOFF = 60.0
 STABLE_AFTER = 60.0  # a replica that ran this long before crashing resets the backoff
 LOG_TAIL = 20  # lines of the model's log shown in its status
-KNOWN_CAPABILITIES: tuple[Capability, ...] = ("chat", "complete", "embed", "call")
+KNOWN_CAPABILITIES: tuple[Capability, ...] = ("chat", "complete", "embed", "call", "vision")
 # What a replica process costs beyond its weights (Python, the engine, buffers): a rough guess
 # used only before a model has been loaded once; after that its measured size is used.
 PROCESS_OVERHEAD = 150 * 2**20
 
 _WHAT = {"chat": "chat (/v1/chat/completions)", "complete": "text completion (/v1/completions)",
          "embed": "embeddings (/v1/embeddings)",
-         "call": "its own calls (/api/v1/{model}/call)"}  # fmt: skip
+         "call": "its own calls (/api/v1/{model}/call)",
+         "vision": "images (image_url parts, or /api/v1/{model}/call with image)"}  # fmt: skip
 
 MakeRoom = Callable[["Model"], Awaitable[None]]
 
@@ -245,6 +247,10 @@ class Model:
 
     async def add_replica(self, device: str) -> None:
         """One more replica on `device`; if none is loaded, this loads the model there."""
+        if self.spec.kind == "vision" and device != "cpu":
+            raise InvalidRequest(
+                "vision models run in the server process, on the cpu device only", param="device"
+            )
         await self._settle()
         if not self.ready:
             self._task = asyncio.create_task(self._load([device]))
@@ -335,14 +341,19 @@ class Model:
     def _new_replica(self, device: str) -> Replica:
         if self.remote:
             return RemoteReplica(self.spec, device, self.log)
+        if self.spec.kind == "vision":
+            return InProcessReplica(self.spec, device, self.log, self._batched)
         return ProcessReplica(
             self.spec,
             device,
             self.log,
             self._on_replica_exit,
             heartbeat=(self.settings.ping_interval, self.settings.ping_timeout),
-            on_batch=lambda size: self.telemetry.batched(self.spec.name, size),
+            on_batch=self._batched,
         )
+
+    def _batched(self, size: int) -> None:
+        self.telemetry.batched(self.spec.name, size)
 
     def _fail(self, reason: str) -> None:
         self.state = ModelState.FAILED

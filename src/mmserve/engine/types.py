@@ -24,7 +24,7 @@ __all__ = [
     "TextEvent",
 ]
 
-Capability = Literal["chat", "complete", "embed", "call"]
+Capability = Literal["chat", "complete", "embed", "call", "vision"]
 FinishReason = Literal["stop", "length"]
 
 
