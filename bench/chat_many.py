@@ -37,16 +37,9 @@ from typing import Any
 import httpx
 
 from clients import Loop, closed_loop, percentile, threaded_loop
-from common import CpuMeter, free_port, omp_env, serving, serving_mmserve
+from common import CpuMeter, omp_env, serving_mmserve
 from harness import Failures, effective, parse_args, rounds_done, run_benchmark, run_rounds
-from peers import (
-    LLAMA_SERVER_SAMPLING,
-    ensure,
-    llama_model,
-    llama_server,
-    llama_server_command,
-    llama_server_env,
-)
+from peers import LLAMA_SERVER_SAMPLING, llama_model, running_llama_server
 from results import Column, Result, Row, Table
 
 MODEL = "smollm2"
@@ -146,7 +139,7 @@ def measure(result: Result, args: argparse.Namespace) -> None:
         n_threads_batch=args.threads,
         verbose=False,
     )
-    failures = Failures({})
+    failures = Failures()
     rounds: dict[str, Callable[[], Loop]] = {}
     warm: dict[str, Callable[[], Loop]] = {}  # the warm-up: one request from each client
     once = argparse.Namespace(**{**vars(args), "requests": 1})
@@ -158,25 +151,17 @@ def measure(result: Result, args: argparse.Namespace) -> None:
         model = {"name": MODEL, "kind": "llm", "source": SOURCE, "threads": args.threads}
         config = {"models": [{**model, "context_length": CONTEXT}]}
         url, proc = stack.enter_context(serving_mmserve(Path(tmp), config))
-        rounds["mmserve"], warm["mmserve"] = http_round(url, args), http_round(url, once)
+        rounds["mmserve"] = http_round(url, args)
+        warm["mmserve"] = http_round(url, once)
         pids.append(proc.pid)
         with failures.guard("server"):
-            peer = ensure(llama_server())
-            if not peer.ok:
-                raise RuntimeError(peer.problem)
-            port = free_port()
-            command = llama_server_command(
-                peer.peer, Path(tmp), port, [llama_model(path, MODEL, args.threads, CONTEXT)]
-            )
-            base = f"http://127.0.0.1:{port}"
-            log = Path(tmp) / "llama-server.log"
-            server = stack.enter_context(
-                serving(command, log, f"{base}/v1/models", env=llama_server_env(args.threads))
-            )
+            models = [llama_model(path, MODEL, args.threads, CONTEXT)]
+            base, pid = stack.enter_context(running_llama_server(Path(tmp), models, args.threads))
             rounds["server"] = http_round(base, args, LLAMA_SERVER_SAMPLING)
             warm["server"] = http_round(base, once, LLAMA_SERVER_SAMPLING)
-            pids.append(server.pid)
-        rounds["direct"], warm["direct"] = direct_round(llm, args), direct_round(llm, once)
+            pids.append(pid)
+        rounds["direct"] = direct_round(llm, args)
+        warm["direct"] = direct_round(llm, once)
         meter = CpuMeter(pids)
         contenders = {name: measured(meter, run) for name, run in rounds.items()}
         warm_ups = {name: measured(meter, run) for name, run in warm.items()}
@@ -211,8 +196,7 @@ def fill(
                 "p99": percentile(times, 99),
                 "others": statistics.median(s.others for s in runs),
             }
-        note = failures.reasons.get(name, "")
-        note = f"not measured: {note}" if note else (f"{errors} failed requests" if errors else "")
+        note = failures.note(name) or (f"{errors} failed requests" if errors else "")
         rows.append(Row(label, values, note=note, baseline=name == "mmserve"))
     result.tables.append(Table(columns, rows))
     per_round = CLIENTS * args.requests

@@ -33,16 +33,9 @@ from typing import Any
 import httpx
 
 from clients import Stream, read_sse_chat
-from common import CpuMeter, free_port, omp_env, serving, serving_mmserve
+from common import CpuMeter, omp_env, serving_mmserve
 from harness import Failures, parse_args, rounds_done, run_benchmark, run_rounds
-from peers import (
-    LLAMA_SERVER_SAMPLING,
-    ensure,
-    llama_model,
-    llama_server,
-    llama_server_command,
-    llama_server_env,
-)
+from peers import LLAMA_SERVER_SAMPLING, llama_model, running_llama_server
 from results import Column, Result, Row, Table
 
 MODEL = "smollm2"
@@ -128,7 +121,7 @@ def measure(result: Result, args: argparse.Namespace) -> None:
         n_threads_batch=args.threads,
         verbose=False,
     )
-    failures = Failures({})
+    failures = Failures()
     runners: dict[str, Callable[[], Stream]] = {}
     pids = [os.getpid()]
     with (
@@ -142,20 +135,10 @@ def measure(result: Result, args: argparse.Namespace) -> None:
         runners["mmserve"] = http_runner(url, MODEL, args.max_tokens)
         pids.append(proc.pid)
         with failures.guard("server"):
-            peer = ensure(llama_server())
-            if not peer.ok:
-                raise RuntimeError(peer.problem)
-            port = free_port()
-            command = llama_server_command(
-                peer.peer, Path(tmp), port, [llama_model(path, MODEL, args.threads, CONTEXT)]
-            )
-            base = f"http://127.0.0.1:{port}"
-            log = Path(tmp) / "llama-server.log"
-            server = stack.enter_context(
-                serving(command, log, f"{base}/v1/models", env=llama_server_env(args.threads))
-            )
+            models = [llama_model(path, MODEL, args.threads, CONTEXT)]
+            base, pid = stack.enter_context(running_llama_server(Path(tmp), models, args.threads))
             runners["server"] = http_runner(base, MODEL, args.max_tokens, LLAMA_SERVER_SAMPLING)
-            pids.append(server.pid)
+            pids.append(pid)
         runners["direct"] = direct_runner(llm, args.max_tokens)
         meter = CpuMeter(pids)
         contenders = {name: sampled(llm, meter, run) for name, run in runners.items()}
@@ -181,12 +164,11 @@ def fill(
                 "ttft": statistics.median(s.ttft_s for s in runs) * 1000,
                 "others": statistics.median(s.others for s in runs),
             }
-        note = failures.reasons.get(name, "")
         rows.append(
             Row(
                 label,
                 values,
-                note=f"not measured: {note}" if note else "",
+                note=failures.note(name),
                 baseline=name == "mmserve",
             )
         )

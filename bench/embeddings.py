@@ -38,9 +38,9 @@ from typing import Any
 import httpx
 
 from clients import closed_loop
-from common import CpuMeter, free_port, omp_env, serving, serving_mmserve
+from common import CpuMeter, omp_env, serving_mmserve
 from harness import Failures, effective, parse_args, rounds_done, run_benchmark, run_rounds
-from peers import ensure, infinity, infinity_command, infinity_env
+from peers import running_infinity
 from results import Column, Result, Row, Table
 
 MODEL = "minilm"
@@ -58,6 +58,9 @@ LABELS = {
 }
 
 
+Rates = Callable[[], tuple[float, float]]  # one measurement: sentences/s at 1 and at MANY clients
+
+
 @dataclass(frozen=True)
 class Sample:
     one: float | None  # sentences/s, 1 client
@@ -65,7 +68,7 @@ class Sample:
     others: float  # CPU cores that other programs kept busy meanwhile (noise)
 
 
-def http_contender(url: str, seconds: float) -> Callable[[], tuple[float, float]]:
+def http_contender(url: str, seconds: float) -> Rates:
     """sentences/s at 1 and at 32 clients, each for `seconds`."""
 
     async def send(client: httpx.AsyncClient, n: int, i: int) -> int:
@@ -85,7 +88,7 @@ def http_contender(url: str, seconds: float) -> Callable[[], tuple[float, float]
     return lambda: (asyncio.run(level(1)), asyncio.run(level(MANY)))
 
 
-def direct_contender(model: Any, seconds: float) -> Callable[[], tuple[float, float]]:
+def direct_contender(model: Any, seconds: float) -> Rates:
     def rate(batch: int) -> float:
         done, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
@@ -97,7 +100,7 @@ def direct_contender(model: Any, seconds: float) -> Callable[[], tuple[float, fl
     return lambda: (rate(1), rate(MANY))
 
 
-def best_contender(model: Any, seconds: float, threads: int) -> Callable[[], tuple[float, float]]:
+def best_contender(model: Any, seconds: float, threads: int) -> Rates:
     """Batches of 32 on every core; the thread budget back to `threads` after."""
     import torch
 
@@ -114,7 +117,7 @@ def best_contender(model: Any, seconds: float, threads: int) -> Callable[[], tup
     return run
 
 
-def measured(meter: CpuMeter, run: Callable[[], tuple[float, float]]) -> Callable[[], Sample]:
+def measured(meter: CpuMeter, run: Rates) -> Callable[[], Sample]:
     def sample() -> Sample:
         (one, many), others = meter.measure(run)
         return Sample(one, many, others)
@@ -146,9 +149,9 @@ def measure(result: Result, args: argparse.Namespace) -> None:
 
     model_dir = resolve_source(SOURCE)
     direct = load_direct(args.threads)
-    failures = Failures({})
-    runs: dict[str, Callable[[], tuple[float, float]]] = {}
-    warm: dict[str, Callable[[], tuple[float, float]]] = {}
+    failures = Failures()
+    runs: dict[str, Rates] = {}
+    warm: dict[str, Rates] = {}
     pids = [os.getpid()]
     versions = ""  # Infinity's venv, once it runs
     with (
@@ -157,30 +160,19 @@ def measure(result: Result, args: argparse.Namespace) -> None:
     ):
         model = {"name": MODEL, "kind": "embedding", "source": SOURCE, "threads": args.threads}
         url, proc = stack.enter_context(serving_mmserve(Path(tmp), {"models": [model]}))
-        runs["mmserve"], warm["mmserve"] = (
-            http_contender(url, args.seconds),
-            http_contender(url, 0.5),
-        )
+        runs["mmserve"] = http_contender(url, args.seconds)
+        warm["mmserve"] = http_contender(url, 0.5)
         pids.append(proc.pid)
         with failures.guard("infinity"):
-            peer = ensure(infinity())
-            if not peer.ok:
-                raise RuntimeError(peer.problem)
-            port = free_port()
-            command = infinity_command(peer.peer, model_dir, MODEL, port, batch_size=MANY)
-            base = f"http://127.0.0.1:{port}"
-            log = Path(tmp) / "infinity.log"
-            server = stack.enter_context(
-                serving(command, log, f"{base}/health", env=infinity_env(args.threads))
+            base, pid, installed = stack.enter_context(
+                running_infinity(Path(tmp), model_dir, MODEL, args.threads, batch_size=MANY)
             )
             runs["infinity"] = http_contender(base, args.seconds)
             warm["infinity"] = http_contender(base, 0.5)
-            pids.append(server.pid)
-            versions = ", ".join(f"{k} {v}" for k, v in peer.versions.items())
-        runs["direct"], warm["direct"] = (
-            direct_contender(direct, args.seconds),
-            direct_contender(direct, 0.5),
-        )
+            pids.append(pid)
+            versions = ", ".join(f"{k} {v}" for k, v in installed.versions.items())
+        runs["direct"] = direct_contender(direct, args.seconds)
+        warm["direct"] = direct_contender(direct, 0.5)
         if (os.cpu_count() or 1) > args.threads:
             runs["best"] = best_contender(direct, args.seconds, args.threads)
             warm["best"] = best_contender(direct, 0.5, args.threads)
@@ -223,15 +215,7 @@ def fill(
                 "others": median([s.others for s in runs]),
             }
             values = {k: v for k, v in figures.items() if v is not None}
-        note = failures.reasons.get(name, "")
-        rows.append(
-            Row(
-                label,
-                values,
-                note=f"not measured: {note}" if note else "",
-                baseline=name == "mmserve",
-            )
-        )
+        rows.append(Row(label, values, note=failures.note(name), baseline=name == "mmserve"))
     result.tables.append(Table(columns, rows))
     cores = os.cpu_count() or 1
     done = rounds_done(samples, args.rounds)

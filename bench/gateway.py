@@ -107,7 +107,7 @@ def mmserve_config(upstream: str) -> dict[str, object]:
 
 
 def measure(result: Result, args: argparse.Namespace) -> None:
-    failures = Failures({})
+    failures = Failures()
     runs: dict[str, Callable[[], Sample]] = {}
     warm: dict[str, Callable[[], Sample]] = {}
     pids = [os.getpid()]
@@ -160,8 +160,7 @@ def fill(
     values = {name: figures(runs) for name, runs in samples.items() if runs}
     rows = []
     for name, label in LABELS.items():
-        note = failures.reasons.get(name, "")
-        note = f"not available: {note}" if note else ""
+        note = failures.note(name, "not available")
         rows.append(Row(label, values.get(name, {}), note=note, baseline=name == "mmserve"))
     result.tables.append(Table(columns, rows))
     done = rounds_done(samples, args.rounds)

@@ -16,7 +16,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -96,7 +96,11 @@ def first_line_of_failure(exc: BaseException) -> str:
 class Failures:
     """Contenders that could not be installed, started or run, with the reason for each."""
 
-    reasons: dict[str, str]
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def note(self, name: str, prefix: str = "not measured") -> str:
+        """The note for the contender's row: why it has no figures, or nothing."""
+        return f"{prefix}: {self.reasons[name]}" if name in self.reasons else ""
 
     @contextlib.contextmanager
     def guard(self, name: str) -> Iterator[None]:

@@ -7,6 +7,7 @@
            torch stays the CPU build (plain torch pulls several GB of CUDA packages): serves a
            local sentence-transformers directory
 
+`running_llama_server` and `running_infinity` start one for the span of a with block.
 `ensure(peer)` creates bench/.peers/NAME (a venv) and installs the peer the first time, again
 only when its requirements change (a stamp file holds them and the versions installed), checks
 that it imports, and returns its versions, or the reason it cannot be used: a benchmark shows
@@ -19,10 +20,12 @@ hub: Infinity runs with HF_HUB_OFFLINE=1 and its telemetry off.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -30,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from common import omp_env, tail
+from common import free_port, omp_env, serving, tail
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -183,6 +186,45 @@ LLAMA_SERVER_SAMPLING = {"repeat_penalty": 1.0}
 
 
 # --- how each peer is started ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def running_llama_server(
+    directory: Path, models: list[dict[str, Any]], threads: int
+) -> Iterator[tuple[str, int]]:
+    """`llama_cpp.server` serving `models` (installed first if need be), until the block ends.
+
+    Yields its base URL and pid. RuntimeError, saying why, if it cannot be installed or started.
+    """
+    installed = ensure(llama_server())
+    if not installed.ok:
+        raise RuntimeError(installed.problem)
+    port = free_port()
+    command = llama_server_command(installed.peer, directory, port, models)
+    url = f"http://127.0.0.1:{port}"
+    log = directory / "llama-server.log"
+    with serving(command, log, f"{url}/v1/models", env=llama_server_env(threads)) as proc:
+        yield url, proc.pid
+
+
+@contextlib.contextmanager
+def running_infinity(
+    directory: Path, model_dir: Path, name: str, threads: int, batch_size: int
+) -> Iterator[tuple[str, int, Installed]]:
+    """Infinity serving `model_dir` as `name` (installed first if need be), until the block ends.
+
+    Yields its base URL, pid and versions. RuntimeError, saying why, if it cannot be installed or
+    started.
+    """
+    installed = ensure(infinity())
+    if not installed.ok:
+        raise RuntimeError(installed.problem)
+    port = free_port()
+    command = infinity_command(installed.peer, model_dir, name, port, batch_size)
+    url = f"http://127.0.0.1:{port}"
+    log = directory / "infinity.log"
+    with serving(command, log, f"{url}/health", env=infinity_env(threads)) as proc:
+        yield url, proc.pid, installed
 
 
 def llama_server_command(

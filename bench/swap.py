@@ -37,16 +37,9 @@ from typing import Any
 import httpx
 
 from clients import percentile
-from common import CpuMeter, free_port, omp_env, serving, serving_mmserve
+from common import CpuMeter, omp_env, serving_mmserve
 from harness import Failures, parse_args, rounds_done, run_benchmark, run_rounds
-from peers import (
-    LLAMA_SERVER_SAMPLING,
-    ensure,
-    llama_model,
-    llama_server,
-    llama_server_command,
-    llama_server_env,
-)
+from peers import LLAMA_SERVER_SAMPLING, llama_model, running_llama_server
 from results import Column, Result, Row, Table
 
 MODELS = {"smollm2": "catalog:smollm2", "gemma3-270m": "catalog:gemma3-270m"}
@@ -84,12 +77,17 @@ class Alternation:
         return name
 
 
-def timed_requests(requests: int, call: Callable[[str], None]) -> Sample:
-    alternation = Alternation()
+def timed_requests(requests: int, alternation: Alternation, call: Callable[[str], None]) -> Sample:
+    """`requests` calls of `call(model)`, one at a time, each to the model `alternation` gives.
+
+    The alternation is the contender's own and outlives the round, so that the first request of
+    a round swaps too.
+    """
     latencies, start = [], time.perf_counter()
     for _ in range(requests):
+        model = alternation.next()
         began = time.perf_counter()
-        call(alternation.next())
+        call(model)
         latencies.append(time.perf_counter() - began)
     return Sample(latencies, time.perf_counter() - start)
 
@@ -98,7 +96,7 @@ def http_contender(
     url: str, requests: int, extra: dict[str, Any] | None = None
 ) -> Callable[[], Sample]:
     client = httpx.Client(base_url=url, timeout=300)
-    alternation = Alternation()  # kept across rounds: the first request of a round swaps too
+    alternation = Alternation()
 
     def call(model: str) -> None:
         body = {
@@ -112,10 +110,7 @@ def http_contender(
         if reply.status_code != 200:
             raise RuntimeError(f"{reply.status_code} {reply.text[:300]}")
 
-    def run() -> Sample:
-        return timed_requests(requests, lambda _: call(alternation.next()))
-
-    return run
+    return lambda: timed_requests(requests, alternation, call)
 
 
 class DirectSwapper:
@@ -146,7 +141,7 @@ class DirectSwapper:
         self.llm.create_completion(PROMPT, max_tokens=MAX_TOKENS, temperature=0)
 
     def contender(self, requests: int) -> Callable[[], Sample]:
-        return lambda: timed_requests(requests, lambda _: self.complete(self.alternation.next()))
+        return lambda: timed_requests(requests, self.alternation, self.complete)
 
 
 def measured(meter: CpuMeter, run: Callable[[], Sample]) -> Callable[[], Sample]:
@@ -185,7 +180,7 @@ def measure(result: Result, args: argparse.Namespace) -> None:
     from mmserve.catalog import resolve_source
 
     paths = {name: resolve_source(source) for name, source in MODELS.items()}
-    failures = Failures({})
+    failures = Failures()
     runs: dict[str, Callable[[], Sample]] = {}
     warm: dict[str, Callable[[], Sample]] = {}
     pids = [os.getpid()]
@@ -193,37 +188,25 @@ def measure(result: Result, args: argparse.Namespace) -> None:
         directory = Path(tmp, "one")
         directory.mkdir()
         url, proc = stack.enter_context(serving_mmserve(directory, mmserve_config(args.threads, 1)))
-        runs["mmserve"], warm["mmserve"] = (
-            http_contender(url, args.requests),
-            http_contender(url, 1),
-        )
+        runs["mmserve"] = http_contender(url, args.requests)
+        warm["mmserve"] = http_contender(url, 1)
         pids.append(proc.pid)
         with failures.guard("server"):
-            peer = ensure(llama_server())
-            if not peer.ok:
-                raise RuntimeError(peer.problem)
-            port = free_port()
             models = [llama_model(p, name, args.threads, CONTEXT) for name, p in paths.items()]
-            command = llama_server_command(peer.peer, Path(tmp), port, models)
-            base = f"http://127.0.0.1:{port}"
-            log = Path(tmp) / "llama-server.log"
-            server = stack.enter_context(
-                serving(command, log, f"{base}/v1/models", env=llama_server_env(args.threads))
-            )
+            base, pid = stack.enter_context(running_llama_server(Path(tmp), models, args.threads))
             runs["server"] = http_contender(base, args.requests, LLAMA_SERVER_SAMPLING)
             warm["server"] = http_contender(base, 1, LLAMA_SERVER_SAMPLING)
-            pids.append(server.pid)
+            pids.append(pid)
         direct = DirectSwapper(paths, args.threads)
-        runs["direct"], warm["direct"] = direct.contender(args.requests), direct.contender(1)
+        runs["direct"] = direct.contender(args.requests)
+        warm["direct"] = direct.contender(1)
         with failures.guard("roomy"):
             directory = Path(tmp, "two")
             directory.mkdir()
             config = mmserve_config(args.threads, 2)
             roomy, proc = stack.enter_context(serving_mmserve(directory, config))
-            runs["roomy"], warm["roomy"] = (
-                http_contender(roomy, args.requests),
-                http_contender(roomy, 2),
-            )
+            runs["roomy"] = http_contender(roomy, args.requests)
+            warm["roomy"] = http_contender(roomy, 2)
             pids.append(proc.pid)
         meter = CpuMeter(pids)
         contenders = {name: measured(meter, run) for name, run in runs.items()}
@@ -255,15 +238,7 @@ def fill(
                 "p99": percentile(times, 99),
                 "others": statistics.median(s.others for s in runs),
             }
-        note = failures.reasons.get(name, "")
-        rows.append(
-            Row(
-                label,
-                values,
-                note=f"not measured: {note}" if note else "",
-                baseline=name == "mmserve",
-            )
-        )
+        rows.append(Row(label, values, note=failures.note(name), baseline=name == "mmserve"))
     result.tables.append(Table(columns, rows))
     done = rounds_done(samples, args.rounds)
     result.notes.append(
