@@ -103,6 +103,8 @@ def main() -> None:
              "threads": threads},
             {"name": "minilm-1", "kind": "embedding", "source": "catalog:minilm",
              "threads": threads, "max_batch_size": 1},
+            {"name": "minilm-32", "kind": "embedding", "source": "catalog:minilm",
+             "threads": threads, "max_batch_size": 32},
         ]
     }  # fmt: skip
     describe_environment(["mmserve", "torch", "sentence-transformers", "onnxruntime"])
@@ -153,6 +155,7 @@ def run_rounds(url: str, rounds: int, threads: int) -> None:
             "direct batched encode": lambda: timed(direct_embeds),
             "mmserve, batched": lambda: asyncio.run(concurrent(url, embeds("minilm"))),
             "mmserve, max_batch_size 1": lambda: asyncio.run(concurrent(url, embeds("minilm-1"))),
+            "mmserve, max_batch_size 32": lambda: asyncio.run(concurrent(url, embeds("minilm-32"))),
         },
     }
     for runs in contenders.values():  # warm-up: first calls pay for lazy initialisation
