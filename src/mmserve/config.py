@@ -50,7 +50,6 @@ HTTP_BACKENDS = ("openai", "json")  # kind http: an OpenAI-compatible server, or
 HTTP_FIELDS = ("base_url", "api_key", "api_key_env", "upstream_model")
 HTTP_CONCURRENCY = 64  # kind http's default max_concurrency
 BATCHED_KINDS = ("embedding", "vision")  # their requests are batched (max_batch_size)
-EMBEDDING_BATCH = 32  # an embedding model's default max_batch_size
 DEVICE_PATTERN = r"^(cpu|cuda:\d+)$"
 _DEVICE = re.compile(DEVICE_PATTERN)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
@@ -128,8 +127,8 @@ class ModelSpec(_Strict):
     max_batch_size: int = Field(
         8,
         ge=1,
-        description="requests run together as one batch, at most (vision; embedding: default 32, "
-        "as MiniLM runs 32 sentences much faster than 4 batches of 8: docs/benchmarks.md)",
+        description="embedding and vision: requests run together as one batch, at most "
+        "(small batches keep the model busy while the next requests arrive: docs/benchmarks.md)",
     )
     batch_wait: float = Field(
         0.005, ge=0, description="seconds a batch waits for more requests after its first"
@@ -256,8 +255,6 @@ class ModelSpec(_Strict):
                 raise ValueError("replicas and devices disagree: give one or the other")
         elif self.replicas is not None:
             devices = ["cpu"] * self.replicas
-        if self.kind == "embedding" and "max_batch_size" not in self.model_fields_set:
-            object.__setattr__(self, "max_batch_size", EMBEDDING_BATCH)
         if self.kind in BATCHED_KINDS and "max_concurrency" not in self.model_fields_set:
             # Requests in flight feed the batcher, which runs one batch at a time: room for a
             # full batch running and the next one gathering.
