@@ -247,3 +247,27 @@ def test_addmodel_compat_registers_an_http_json_model(gateway, upstream) -> None
     assert gateway.post("/post/predict?id=compat-json", {"z": 0}).json()["echo"] == {"z": 0}
     wrong = gateway.post("/post/addmodel?id=x&type=dockermodel&dest=y")
     assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "type"
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"name": "q", "kind": "subprocess", "command": 'python3 "unclosed'},
+        {"name": "q", "kind": "llm", "source": "/tmp/a\u0000b"},
+        {"name": "q", "kind": "http", "base_url": "http://[::1"},
+        {"name": "q/x", "kind": "http", "base_url": "http://h/v1"},
+    ],
+)
+def test_a_malformed_spec_is_a_400(gateway, spec: dict) -> None:
+    answer = gateway.post("/api/v1/models", spec)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_malformed_compat_forms_are_400s(gateway) -> None:
+    unclosed = gateway.post('/post/addmodel?id=q&type=subprocessmodel&dest=python3 "x')
+    assert unclosed.status_code == 400 and unclosed.json()["error"]["param"] == "dest"
+    not_json = httpx.post(f"{gateway.url}/post/predict?id=local", content=b"{nope")
+    assert not_json.status_code == 400
+    a_list = httpx.post(f"{gateway.url}/post/predict?id=local", json=[1])
+    assert a_list.status_code == 400

@@ -15,7 +15,6 @@ answers are built from; the compatibility form `/{post|get}/predict?id=MODEL` la
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request
@@ -51,14 +50,9 @@ async def predict(id: str, request: Request) -> Any:
     """Model `id`'s call (`POST /api/v1/{model}/call`) on the JSON body; with GET, on the query
     parameters other than `id`."""
     if request.method == "GET":
-        body: Any = {k: v for k, v in request.query_params.items() if k != "id"}
+        body = {k: v for k, v in request.query_params.items() if k != "id"}
     else:
-        try:
-            body = json.loads(await request.body() or b"{}")
-        except ValueError:
-            raise InvalidRequest("the request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object")
+        body = wire.object_body(await request.body())
     return await call_model(request, id, body)
 
 

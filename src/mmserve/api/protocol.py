@@ -7,6 +7,7 @@ does not implement (n > 1, tools, logprobs...), which are refused by name.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ __all__ = [
     "Usage",
     "invalid_fields",
     "new_id",
+    "object_body",
     "parse",
 ]
 
@@ -49,6 +51,17 @@ def invalid_fields(errors: Sequence[Any]) -> InvalidRequest:
         return InvalidRequest(f"the request body is invalid: {err['msg']}")
     field = ".".join(loc)
     return InvalidRequest(f"invalid value for '{field}': {err['msg']}", param=loc[0])
+
+
+def object_body(raw: bytes) -> dict[str, Any]:
+    """A body read by hand (routes whose body is optional): a JSON object, or {} when empty."""
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        raise InvalidRequest("the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return body
 
 
 M = TypeVar("M", bound=BaseModel)

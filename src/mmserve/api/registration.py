@@ -8,7 +8,6 @@ choose which of the server's environment variables is sent to a URL of its choos
 
 from __future__ import annotations
 
-import json
 import shlex
 from typing import Annotated, Any
 
@@ -59,18 +58,12 @@ async def add_model_compat(
     """The older servers' form: `type=httpmodel` (dest: a URL; backend json unless
     `backend=openai`) or `type=subprocessmodel` (dest: a command line). A JSON body may add
     more spec fields."""
-    raw = await request.body()
-    try:
-        extra = json.loads(raw) if raw.strip() else {}
-    except ValueError:
-        raise InvalidRequest("the request body is not valid JSON") from None
-    if not isinstance(extra, dict):
-        raise InvalidRequest("the request body must be a JSON object of spec fields")
+    extra = wire.object_body(await request.body())
     fields: dict[str, Any]
     if type == "httpmodel":
         fields = {"kind": "http", "backend": backend or "json", "base_url": dest}
     elif type == "subprocessmodel":
-        fields = {"kind": "subprocess", "command": shlex.split(dest)}
+        fields = {"kind": "subprocess", "command": _split(dest, "dest")}
     else:
         raise InvalidRequest(f"type must be one of {', '.join(_COMPAT_TYPES)}", param="type")
     return await _register(request, {**extra, **fields, "name": id})
@@ -98,7 +91,7 @@ def runtime_spec(fields: dict[str, Any], settings: Settings) -> ModelSpec:
         )
     command = fields.get("command")
     if isinstance(command, str):
-        fields["command"] = command = shlex.split(command)
+        fields["command"] = command = _split(command, "command")
     if fields.get("kind") == "subprocess" or command is not None:
         _check_command(command, settings.allow_runtime_subprocess)
     source = fields.get("source")
@@ -106,6 +99,14 @@ def runtime_spec(fields: dict[str, Any], settings: Settings) -> ModelSpec:
         gguf = fields.get("backend", "llama_cpp") == "llama_cpp" and fields.get("kind") == "llm"
         fields["source"] = str(checked_model_path(source, settings.model_dirs, gguf=gguf))
     return wire.parse(ModelSpec, fields)
+
+
+def _split(line: str, param: str) -> list[str]:
+    """A command line split as a shell would (without running one)."""
+    try:
+        return shlex.split(line)
+    except ValueError as exc:  # an unclosed quote
+        raise InvalidRequest(f"cannot read the command line: {exc}", param=param) from None
 
 
 def _check_command(command: object, allowed: list[str]) -> None:

@@ -20,7 +20,10 @@ def checked_model_path(raw: str, model_dirs: list[Path], *, gguf: bool) -> Path:
     """
     if not model_dirs:
         raise PermissionDenied("loading models by path is off: the operator has set no model_dirs")
-    path = Path(raw).expanduser().resolve()
+    try:
+        path = Path(raw).expanduser().resolve()
+    except (ValueError, RuntimeError) as exc:  # a NUL byte; a symlink loop
+        raise InvalidRequest(f"not a usable path: {exc}") from None
     if not any(path.is_relative_to(d) for d in model_dirs):
         allowed = ", ".join(str(d) for d in model_dirs)
         raise PermissionDenied(
