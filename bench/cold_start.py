@@ -397,7 +397,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     from mmserve.catalog import resolve_source
-    from mmserve.engine.replicas import default_threads
+    from mmserve.replicas.process import default_threads
 
     threads = default_threads()
     # As the server does for its model processes: OpenMP threads sleep instead of spinning.

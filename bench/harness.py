@@ -30,7 +30,7 @@ def parse_args(
     doc: str | None, extra: Callable[[argparse.ArgumentParser], None] | None = None
 ) -> argparse.Namespace:
     """--quick, --threads, --json, and what `extra` adds."""
-    from mmserve.engine.replicas import default_threads
+    from mmserve.replicas.process import default_threads
 
     threads = default_threads()
     parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)

@@ -195,7 +195,7 @@ def write_docs(text: str) -> None:
 
 
 def parse_args() -> argparse.Namespace:
-    from mmserve.engine.replicas import default_threads
+    from mmserve.replicas.process import default_threads
 
     threads = default_threads()
     parser = argparse.ArgumentParser(

@@ -20,7 +20,7 @@ on a noisy machine the ratios are the figures that matter. Each request also rec
 CPU cores other programs kept busy meanwhile, to spot disturbed rounds.
 
 T, the threads of both, is by default the server's own default (`default_threads()` in
-mmserve.engine.replicas: half the cores, so 1 on a 2-core machine, where 1 thread decoded faster
+mmserve.replicas.process: half the cores, so 1 on a 2-core machine, where 1 thread decoded faster
 than 2; see docs/benchmarks.md); `--threads` sets another.
 
 Run it from the repository root (takes a minute or two):
@@ -259,7 +259,7 @@ def versions() -> list[str]:
 
 
 def parse_args() -> argparse.Namespace:
-    from mmserve.engine.replicas import default_threads
+    from mmserve.replicas.process import default_threads
 
     threads = default_threads()  # the server's default: half the cores
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)

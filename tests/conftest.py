@@ -26,11 +26,18 @@ def free_port() -> int:
 class ServerProcess:
     """`mmserve serve` as a real child process; waits on /health, never on log text."""
 
-    def __init__(self, config: Path | None, log_path: Path, *args: str) -> None:
-        self.port = free_port()
+    def __init__(
+        self,
+        config: Path | None,
+        log_path: Path,
+        *args: str,
+        python: Path | str = sys.executable,  # another venv's, for an install test
+        port: int | None = None,
+    ) -> None:
+        self.port = port or free_port()
         self.api_key: str | None = None  # sent by status() and post() when set
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "mmserve", "serve", "--port", str(self.port), *args]
+        command = [str(python), "-m", "mmserve", "serve", "--port", str(self.port), *args]
         if config is not None:
             command += ["--config", str(config)]
         env = {k: v for k, v in os.environ.items() if k != "MMSERVE_CONFIG"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -25,17 +26,18 @@ from pydantic import (
     model_validator,
 )
 
-from mmserve.backends import BACKENDS
 from mmserve.catalog import CATALOG_PREFIX, catalog_entry, is_catalog_source
 from mmserve.errors import ConfigError
-from mmserve.vision.base import VISION_BACKENDS, threads_option
+from mmserve.registry import backends_of, default_backend, entry, missing_packages, vision_threads
 
 __all__ = [
     "DEFAULT_MODELS",
+    "SERVER_FIELDS",
     "Kind",
     "MissingModels",
     "ModelSpec",
     "Settings",
+    "fill_placeholders",
     "load_settings",
     "parse_bytes",
     "select_models",
@@ -43,12 +45,18 @@ __all__ = [
 
 Kind = Literal["llm", "embedding", "vision", "http", "subprocess"]
 
-# Which backend serves a kind when the spec names none. Kinds absent here have no backend yet.
-DEFAULT_BACKEND: dict[str, str] = {"llm": "llama_cpp", "embedding": "sentence_transformers"}
 SUBPROCESS = "subprocess"  # the backend name of a user's program (kind: subprocess)
-HTTP_BACKENDS = ("openai", "json")  # kind http: an OpenAI-compatible server, or any JSON endpoint
 HTTP_FIELDS = ("base_url", "api_key", "api_key_env", "upstream_model")
 HTTP_CONCURRENCY = 64  # kind http's default max_concurrency
+# Kind http with a command (a managed upstream): what starts and stops its server. Models of one
+# `group` share one server, so they must agree on all of these.
+SERVER_FIELDS = (
+    "command", "env", "cwd", "health", "base_url", "start_timeout", "stop_signal", "stop_timeout",
+)  # fmt: skip
+MANAGED_FIELDS = frozenset({*SERVER_FIELDS, "group"} - {"command", "base_url"})
+MANAGED_BASE_URL = "http://127.0.0.1:${PORT}/v1"
+PLACEHOLDERS = ("PORT", "MODEL", "NAME")  # ${PORT}, ${MODEL}, ${NAME} in a managed command
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 BATCHED_KINDS = ("embedding", "vision")  # their requests are batched (max_batch_size)
 DEVICE_PATTERN = r"^(cpu|cuda:\d+)$"
 _DEVICE = re.compile(DEVICE_PATTERN)
@@ -66,7 +74,8 @@ class ModelSpec(_Strict):
     aliases: list[str] = Field(default_factory=list, description="other names for it")
     kind: Kind = Field(
         description="llm, embedding, vision (in the server process), http (a remote server: "
-        "see base_url), or subprocess (a program: see command)"
+        "see base_url; or a server mmserve runs: see command), or subprocess (a program: see "
+        "command)"
     )
     backend: str | None = Field(None, description="engine; defaults by kind")
     source: str | None = Field(None, description="a file or directory path, or catalog:NAME")
@@ -87,12 +96,15 @@ class ModelSpec(_Strict):
     command: list[str] | None = Field(
         None,
         min_length=1,
-        description="kind subprocess: the program and its arguments; it speaks the worker protocol",
+        description="kind subprocess: the program and its arguments; it speaks the worker "
+        "protocol. kind http: a server program mmserve starts, health-checks and stops (a managed "
+        "upstream; no shell; ${PORT}, ${MODEL} and ${NAME} are filled in)",
     )
     base_url: str | None = Field(
         None,
         description="kind http: the upstream's URL (backend openai: its API base, e.g. "
-        "http://host:8080/v1; backend json: the endpoint that takes the call's JSON)",
+        "http://host:8080/v1; backend json: the endpoint that takes the call's JSON); with a "
+        "command, default http://127.0.0.1:${PORT}/v1",
     )
     api_key: SecretStr | None = Field(
         None, description="kind http: sent upstream as `Authorization: Bearer`; never logged"
@@ -108,6 +120,41 @@ class ModelSpec(_Strict):
     )
     connect_timeout: float = Field(
         10.0, gt=0, description="kind http: seconds to wait for a connection to the upstream"
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="kind http with a command: environment variables of the server, over those "
+        "mmserve's workers get (placeholders filled in)",
+    )
+    cwd: str | None = Field(
+        None,
+        description="kind http with a command: the directory it runs in (relative to the config "
+        "file); default: mmserve's",
+    )
+    health: str = Field(
+        "/health",
+        description="kind http with a command: a path on base_url's host (or a URL) polled "
+        "until it answers 200; then the server is ready",
+    )
+    start_timeout: float | None = Field(
+        None,
+        gt=0,
+        description="kind http with a command: seconds the server has to become healthy; "
+        "default: load_timeout",
+    )
+    stop_signal: str = Field(
+        "SIGTERM",
+        description="kind http with a command: the signal its process group gets on stop",
+    )
+    stop_timeout: float = Field(
+        10.0,
+        ge=0,
+        description="kind http with a command: seconds after stop_signal before SIGKILL",
+    )
+    group: str | None = Field(
+        None,
+        description="kind http with a command: models of one group share one server (the same "
+        "command and server fields), started once, stopped when the last of them unloads",
     )
     keep_alive: float = Field(
         300.0, ge=-1, description="seconds idle before unloading; -1 never, 0 after each request"
@@ -165,6 +212,28 @@ class ModelSpec(_Strict):
             raise ValueError(f"file not found: {path}")
         return str(path.resolve())
 
+    @field_validator("cwd")
+    @classmethod
+    def _cwd(cls, cwd: str | None, info: ValidationInfo) -> str | None:
+        if cwd is None:
+            return None
+        path = Path(cwd).expanduser()
+        base = (info.context or {}).get("base_dir")
+        if not path.is_absolute() and base is not None:
+            path = Path(base) / path  # relative to the config file, as source is
+        if not path.is_dir():
+            raise ValueError(f"cwd: not a directory: {path}")
+        return str(path.resolve())
+
+    @field_validator("stop_signal")
+    @classmethod
+    def _stop_signal(cls, name: str) -> str:
+        """'TERM', 'sigint' or 'SIGTERM': stored as the signal's name, SIGTERM."""
+        full = name.upper() if name.upper().startswith("SIG") else "SIG" + name.upper()
+        if full not in signal.Signals.__members__:
+            raise ValueError(f"stop_signal {name!r} is not a signal name (e.g. SIGTERM, SIGINT)")
+        return full
+
     @field_validator("keep_alive")
     @classmethod
     def _keep_alive(cls, value: float) -> float:
@@ -191,15 +260,18 @@ class ModelSpec(_Strict):
         stray = [f for f in HTTP_FIELDS if getattr(self, f) is not None]
         if stray:
             raise ValueError(f"{stray[0]} goes with kind: http")
+        if managed := self._managed_fields():
+            raise ValueError(f"{managed[0]} goes with kind: http and a command")
         if self.kind == "subprocess" or self.command is not None:
             return self._subprocess()
         if self.kind == "vision":
             return self._vision()
-        backend = self.backend or DEFAULT_BACKEND.get(self.kind)
+        backend = self.backend or default_backend(self.kind)
         if backend is None:
             raise ValueError(f"kind {self.kind!r} has no backend in this version of mmserve")
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; known: {', '.join(sorted(BACKENDS))}")
+        if backend not in backends_of(self.kind):
+            known = ", ".join(backends_of(self.kind))
+            raise ValueError(f"unknown backend {backend!r} for kind {self.kind}; known: {known}")
         if self.source is None and backend != "fake":
             raise ValueError(f"model {self.name!r} needs a source (a path or catalog:NAME)")
         return self._place(backend)
@@ -207,7 +279,10 @@ class ModelSpec(_Strict):
     def _subprocess(self) -> ModelSpec:
         """A user's program: it is its own backend, so it needs a command and nothing else."""
         if self.kind != "subprocess" or not self.command:
-            raise ValueError("a command goes with kind: subprocess, and kind: subprocess needs one")
+            raise ValueError(
+                "a command goes with kind: subprocess (or http: a managed server), and kind: "
+                "subprocess needs one"
+            )
         if self.backend not in (None, SUBPROCESS):
             raise ValueError("kind: subprocess takes no backend: the command is the model")
         return self._place(SUBPROCESS)
@@ -215,8 +290,8 @@ class ModelSpec(_Strict):
     def _vision(self) -> ModelSpec:
         """A vision model: its weights come with its backend's package; it runs in the server
         process, so on the CPU."""
-        if self.backend not in VISION_BACKENDS:
-            known = ", ".join(sorted(VISION_BACKENDS))
+        if self.backend not in backends_of("vision"):
+            known = ", ".join(backends_of("vision"))
             raise ValueError(f"kind: vision needs a backend: one of {known}")
         if self.source is not None:
             raise ValueError(
@@ -225,21 +300,26 @@ class ModelSpec(_Strict):
         if any(d != "cpu" for d in self.devices):
             raise ValueError("vision models run in the server process, on the cpu device only")
         try:
-            threads_option(self.options, self.backend)
+            vision_threads(self.options, self.backend)
         except ConfigError as exc:
             raise ValueError(exc.message) from None
         return self._place(self.backend)
 
     def _http(self) -> ModelSpec:
-        """A remote server: reached by URL, so no source, command or devices of its own."""
+        """A remote server: reached by URL, so no source or devices of its own; or, with a
+        command, a server mmserve runs (see `_managed`)."""
         backend = self.backend or "openai"
-        if backend not in HTTP_BACKENDS:
+        if backend not in backends_of("http"):
             raise ValueError(f"kind: http takes backend openai or json, not {backend!r}")
-        if self.source is not None or self.command is not None:
-            raise ValueError("kind: http takes base_url, not source or command")
+        if self.command is not None:
+            self._managed(backend)
+        elif self.source is not None:
+            raise ValueError("kind: http takes base_url, not source (unless it has a command)")
+        elif managed := self._managed_fields():
+            raise ValueError(f"{managed[0]} goes with a command (kind: http)")
         if not self.base_url:
             raise ValueError("kind: http needs base_url (the upstream's URL)")
-        url = urlsplit(self.base_url)
+        url = urlsplit(fill_placeholders(self.base_url, {"PORT": "1"}))
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"base_url must be an http:// or https:// URL, not {self.base_url!r}")
         if "max_concurrency" not in self.model_fields_set:
@@ -247,8 +327,45 @@ class ModelSpec(_Strict):
             object.__setattr__(self, "max_concurrency", HTTP_CONCURRENCY)
         return self._place(backend)
 
+    def _managed(self, backend: str) -> None:
+        """A managed upstream: its placeholders known, ${MODEL} only with a source (and not in
+        a group, whose members each have their own), one server per device unless grouped;
+        base_url by default the OpenAI API on the port mmserve picks."""
+        texts = [*(self.command or ()), *self.env.values(), self.base_url or "", self.health]
+        for name in {n for text in texts for n in _PLACEHOLDER.findall(text)}:
+            if name not in PLACEHOLDERS:
+                known = ", ".join(f"${{{p}}}" for p in PLACEHOLDERS)
+                raise ValueError(f"unknown placeholder ${{{name}}} in the command; known: {known}")
+            if name == "MODEL" and (self.source is None or self.group is not None):
+                raise ValueError("${MODEL} is the model's source file: give source (and no group)")
+        if self.group is not None and max(len(self.devices), self.replicas or 1) > 1:
+            raise ValueError("a model of a group has one device: the group's server is shared")
+        if not self.health.startswith(("/", "http://", "https://")):
+            raise ValueError(f"health must be a path (/health) or a URL, not {self.health!r}")
+        if self.base_url is None and backend == "openai":
+            object.__setattr__(self, "base_url", MANAGED_BASE_URL)
+
+    def _managed_fields(self) -> list[str]:
+        """The fields of a managed upstream given other than their defaults (a spec dumped and
+        read again sets every field, so being set is not enough)."""
+        fields = type(self).model_fields
+        return [
+            name
+            for name in sorted(MANAGED_FIELDS)
+            if getattr(self, name) != fields[name].get_default(call_default_factory=True)
+        ]
+
+    @property
+    def managed(self) -> bool:
+        """A server mmserve starts and stops (kind http with a command)."""
+        return self.kind == "http" and self.command is not None
+
     def _place(self, backend: str) -> ModelSpec:
-        """Fill the derived fields once (the spec is frozen): the backend and the devices."""
+        """Fill the derived fields once (the spec is frozen): the backend and the devices.
+        A backend whose packages are missing (a core install) is refused here, naming the
+        extra to install, rather than when the model first loads."""
+        if (missing := missing_packages(entry(self.kind, backend, self.managed))) is not None:
+            raise ValueError(f"model {self.name!r}: {missing}")
         devices = self.devices
         if self.replicas is not None and "devices" in self.model_fields_set:
             if len(devices) != self.replicas:
@@ -375,8 +492,9 @@ class Settings(_Strict):
     max_body_bytes: int = Field(20 * 10**6, gt=0, description="largest request body accepted")
     allow_runtime_subprocess: list[str] = Field(
         default_factory=list,
-        description="commands POST /api/v1/models may start as kind subprocess: each entry is a "
-        "program and its leading arguments, e.g. 'node examples/echo_model.js'; none: 403",
+        description="commands POST /api/v1/models may start (kind subprocess, or a managed kind "
+        "http server): each entry is a program and its leading arguments, e.g. 'node "
+        "examples/echo_model.js'; none: 403",
     )
     api_keys: list[ApiKey] = Field(
         default_factory=list, description="keys clients must send; none: no authentication"
@@ -422,6 +540,28 @@ class Settings(_Strict):
                     raise ValueError(f"model name or alias {name!r} is used twice")
                 seen.add(name)
         return self
+
+    @model_validator(mode="after")
+    def _groups(self) -> Settings:
+        """The models of one group run one server: they must describe the same one."""
+        first: dict[str, ModelSpec] = {}
+        for spec in self.models:
+            if spec.group is None:
+                continue
+            lead = first.setdefault(spec.group, spec)
+            differ = [f for f in SERVER_FIELDS if getattr(spec, f) != getattr(lead, f)]
+            if differ:
+                raise ValueError(
+                    f"models {lead.name!r} and {spec.name!r} share group {spec.group!r} but not "
+                    f"its server: their {differ[0]} differ"
+                )
+        return self
+
+
+def fill_placeholders(text: str, values: Mapping[str, str]) -> str:
+    """`text` with each ${NAME} of `values` replaced ('--port ${PORT}' -> '--port 8123');
+    other text, and placeholders not in `values`, left as they are."""
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
 
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,

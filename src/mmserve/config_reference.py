@@ -19,10 +19,8 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from mmserve.backends import BACKENDS
 from mmserve.config import (
     _ENV_FIELDS,
-    DEFAULT_BACKEND,
     DEFAULT_MODELS,
     DEVICE_PATTERN,
     ENV_PREFIX,
@@ -30,6 +28,7 @@ from mmserve.config import (
     ModelSpec,
     Settings,
 )
+from mmserve.registry import backends_of, default_backend
 
 __all__ = ["SECTIONS", "main", "render"]
 
@@ -185,18 +184,28 @@ def _intro() -> list[str]:
     ]
 
 
+def _backends_line() -> str:
+    """Each kind's backends, as `mmserve.registry` declares them, the default first."""
+    kinds = ("llm", "embedding", "vision", "http", "subprocess")
+    parts = []
+    for kind in kinds:
+        default = default_backend(kind)
+        names = [f"`{b}`" + (" (default)" if b == default else "") for b in backends_of(kind)]
+        parts.append(f"{kind}: {', '.join(names)}")
+    return (
+        f"- `backend`, by kind: {'; '.join(parts)}. A backend whose packages are not installed"
+        " is refused, naming the extra to install."
+    )
+
+
 def _section_intro(key: str | None, schema: type[BaseModel]) -> list[str]:
     doc = (schema.__doc__ or "").strip()
     if key is None:
         return [f"{doc} Top-level keys of the file.", ""]
     lines = [f"{doc} Each entry of `{key}:` takes these keys."]
     if schema is ModelSpec:
-        defaults = ", ".join(f"`{kind}`: `{name}`" for kind, name in DEFAULT_BACKEND.items())
+        lines += ["", _backends_line()]
         lines += [
-            "",
-            f"- `backend` is one of {', '.join(f'`{b}`' for b in BACKENDS)}; with none given it"
-            f" follows the kind ({defaults}). Other kinds have no backend in this version and are"
-            " refused.",
             f"- Each entry of `devices` matches `{DEVICE_PATTERN}`: one replica (one process) per"
             " entry. `replicas: N` stands for N `cpu` entries; given both, they must agree.",
             "- `source` is checked at start-up: a `catalog:NAME` needs its PyPI package installed,"

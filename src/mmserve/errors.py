@@ -18,7 +18,8 @@
     |-- BackendError                   500 internal_error         code=backend_error
     |-- UpstreamError                  502 upstream_error         code=bad_gateway
     |   `-- UpstreamTimeout            504 upstream_error         code=upstream_timeout
-    `-- UpstreamRejected               the upstream's own 4xx, type, code and message
+    `-- UpstreamRejected               the upstream's own 4xx (one of RELAYED_STATUSES, else 400),
+                                       type, code and message
 
 Foreign exceptions (llama.cpp, torch, httpx) are translated at the backend boundary
 (`mmserve.workers.main`) into a worker error *kind*; `from_kind` turns that kind back into
@@ -30,6 +31,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
+    "RELAYED_STATUSES",
     "BackendError",
     "ConfigError",
     "Conflict",
@@ -54,7 +56,10 @@ __all__ = [
 
 
 class MMServeError(Exception):
-    """Base of every error mmserve raises on purpose."""
+    """The server failed: a bug or a broken model, never the request's fault (see the log).
+
+    The base of every error mmserve raises on purpose; its subclasses are the other statuses.
+    """
 
     # Instance attributes in principle (an upstream's 4xx keeps its own status: UpstreamRejected);
     # each class sets its defaults.
@@ -91,6 +96,8 @@ class ConfigError(MMServeError):
 
 
 class InvalidRequest(MMServeError):
+    """The request is wrong: the message names the field and says what it takes."""
+
     status = 400
     type = "invalid_request_error"
     kind = "invalid_request"
@@ -109,6 +116,8 @@ class ContextLengthExceeded(InvalidRequest):
 
 
 class ModelNotFound(MMServeError):
+    """No model (or model file) of that name; the message lists the available ones."""
+
     status = 404
     type = "invalid_request_error"
     code = "model_not_found"
@@ -148,6 +157,8 @@ class Conflict(MMServeError):
 
 
 class PayloadTooLarge(MMServeError):
+    """The request body is larger than the server takes (max_body_bytes)."""
+
     status = 413
     type = "invalid_request_error"
     code = "payload_too_large"
@@ -201,13 +212,19 @@ class UpstreamError(MMServeError):
 
 
 class UpstreamTimeout(UpstreamError):
+    """A remote model's server did not answer in time (its `timeout`)."""
+
     status = 504
     code = "upstream_timeout"
     kind = "upstream_timeout"
 
 
 class UpstreamRejected(MMServeError):
-    """A remote model's server refused the request (4xx): its status and message pass through."""
+    """A remote model's server refused the request (4xx): its status and message pass through.
+
+    Its status, that is, when it is one the relaying routes document (`RELAYED_STATUSES`);
+    another 4xx (a 422...) says the same thing as a 400, and is answered as one.
+    """
 
     kind = "upstream_rejected"
 
@@ -215,10 +232,13 @@ class UpstreamRejected(MMServeError):
         self, status: int, message: str, *, type: str | None, code: str | None, param: str | None
     ) -> None:
         super().__init__(message, param=param)
-        self.status = status
+        self.status = status if status in RELAYED_STATUSES else InvalidRequest.status
         self.type = type or "invalid_request_error"
         self.code = code
 
+
+# The upstream statuses a relayed request answers with as they are (see UpstreamRejected).
+RELAYED_STATUSES = frozenset({400, 401, 403, 404, 413, 429})
 
 _BY_KIND: dict[str, type[MMServeError]] = {
     cls.kind: cls

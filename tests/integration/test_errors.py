@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
 import openai
 import pytest
 
 
 @pytest.fixture(scope="module")
-def client(fake_server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{fake_server.url}/v1", api_key="unused", max_retries=0)
+def client(fake_server) -> Iterator[openai.OpenAI]:
+    # Closed at the end: an open client's pooled sockets would be reported as unraisable.
+    with openai.OpenAI(base_url=f"{fake_server.url}/v1", api_key="unused", max_retries=0) as c:
+        yield c
 
 
 def envelope(response: httpx.Response) -> dict:
@@ -74,7 +78,16 @@ def test_prompt_longer_than_the_context(client: openai.OpenAI) -> None:
     ("body", "param", "words"),
     [
         ({"model": "echo"}, "messages", "messages"),
-        ({"model": "echo", "messages": [{"role": "user", "content": 5}]}, "messages", "messages.0"),
+        (
+            {"model": "echo", "messages": [{"role": "user", "content": 5}]},
+            "messages[0].content",
+            "'messages[0].content' must be a string or a list of content parts",
+        ),
+        (
+            {"model": "echo", "messages": [{"role": "user"}]},
+            "messages[0].content",
+            "'messages[0].content' is required",
+        ),
         (
             {"model": "echo", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"},
             "temperature",
@@ -147,3 +160,32 @@ def test_engine_error_is_reported_without_a_traceback(client: openai.OpenAI) -> 
         chat(client, "echo", "boom")
     assert "the fake engine blew up" in info.value.message
     assert "Traceback" not in info.value.message
+
+
+def test_a_405_names_every_method_of_its_path(fake_server) -> None:
+    response = httpx.patch(f"{fake_server.url}/api/v1/echo")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "DELETE, GET"
+    assert envelope(response)["type"] == "invalid_request_error"
+    assert httpx.put(f"{fake_server.url}/api/v1/models").headers["allow"] == "POST"
+
+
+def test_validation_errors_say_what_a_field_accepts(fake_server) -> None:
+    response = httpx.post(
+        f"{fake_server.url}/v1/embeddings", json={"model": "vec", "input": [{"text": "a"}]}
+    )
+    assert response.status_code == 400
+    assert envelope(response) == {
+        "message": "'input' must be a string, a list of strings, a token array (a list of "
+        "integers) or a list of token arrays",
+        "type": "invalid_request_error",
+        "param": "input",
+        "code": None,
+    }
+
+
+def test_an_out_of_vocabulary_token_is_a_400_naming_it(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.embeddings.create(model="vec", input=[[1, 2], [5000]])
+    assert "token 5000 is not in the vocabulary of model 'vec'" in info.value.message
+    assert "check_embedding_ctx_length=False" in info.value.message

@@ -146,7 +146,12 @@ def test_the_upstream_key_never_leaks(gateway, client: openai.OpenAI) -> None:
 def test_http_models_take_no_room(gateway) -> None:
     status = gateway.status()
     remote = next(m for m in status["models"] if m["name"] == "remote")
-    assert remote["state"] == "ready" and remote["capabilities"] == ["chat", "complete", "embed"]
+    assert remote["state"] == "ready" and remote["capabilities"] == [
+        "chat",
+        "complete",
+        "embed",
+        "relay",
+    ]
     assert status["loaded_models"] == 2  # the two local fakes only
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import json
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -12,8 +14,10 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def client(fake_server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{fake_server.url}/v1", api_key="unused", max_retries=0)
+def client(fake_server) -> Iterator[openai.OpenAI]:
+    # Closed at the end: an open client's pooled sockets would be reported as unraisable.
+    with openai.OpenAI(base_url=f"{fake_server.url}/v1", api_key="unused", max_retries=0) as c:
+        yield c
 
 
 def ask(client: openai.OpenAI, content: str, **kwargs: object) -> str:
@@ -132,3 +136,42 @@ def test_concurrent_embedding_requests_are_batched(fake_server) -> None:
     assert after["largest"] > 1
     assert [r.data[0].embedding for r in replies[:2]] == alone
     assert [r.usage.prompt_tokens for r in replies] == [len(t.split()) for t in texts]
+
+
+def sse_payloads(response: httpx.Response) -> list[dict]:
+    """The JSON of each `data:` frame of a stream, up to `[DONE]`."""
+    frames = [line.removeprefix("data: ") for line in response.text.splitlines() if line]
+    assert frames[-1] == "[DONE]"
+    return [json.loads(frame) for frame in frames[:-1]]
+
+
+def test_replies_have_the_keys_openais_schema_gives_them(fake_server) -> None:
+    body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+    reply = httpx.post(f"{fake_server.url}/v1/chat/completions", json=body).json()
+    assert reply["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": "You said: hi",
+        "refusal": None,
+    }
+    streamed = httpx.post(f"{fake_server.url}/v1/chat/completions", json={**body, "stream": True})
+    chunks = sse_payloads(streamed)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert all("role" not in c["choices"][0]["delta"] for c in chunks[1:])
+    assert len({c["created"] for c in chunks}) == 1 and len({c["id"] for c in chunks}) == 1
+    vectors = httpx.post(f"{fake_server.url}/v1/embeddings", json={"model": "vec", "input": "a"})
+    assert vectors.json()["usage"] == {"prompt_tokens": 1, "total_tokens": 1}
+
+
+def test_an_empty_prompt_is_a_prompt(client: openai.OpenAI) -> None:
+    assert client.completions.create(model="echo", prompt="", max_tokens=1).choices[0].text
+
+
+def test_token_arrays_embed(client: openai.OpenAI) -> None:
+    # The fake model reads token i as the word "word<i>" (its vocabulary is 1000 words).
+    tokens = client.embeddings.create(model="vec", input=[[1, 2], [3]], encoding_format="float")
+    words = client.embeddings.create(
+        model="vec", input=["word1 word2", "word3"], encoding_format="float"
+    )
+    assert [d.embedding for d in tokens.data] == [d.embedding for d in words.data]
+    one = client.embeddings.create(model="vec", input=[1, 2], encoding_format="float")
+    assert one.data[0].embedding == words.data[0].embedding

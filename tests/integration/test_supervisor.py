@@ -9,8 +9,8 @@ import psutil
 import pytest
 
 from mmserve.backends.base import BackendSpec
-from mmserve.engine.logs import ModelLog
 from mmserve.errors import InvalidRequest, ModelUnavailable, WorkerCrashed
+from mmserve.logs import ModelLog
 from mmserve.workers.protocol import Chunk, Result
 from mmserve.workers.supervisor import WorkerProcess, child_env
 

@@ -190,7 +190,7 @@ def test_http_models(tmp_path: Path) -> None:
         ("{name: r, kind: http}", "needs base_url"),
         ("{name: r, kind: http, base_url: 'ftp://h'}", "http:// or https://"),
         ("{name: r, kind: http, base_url: 'http://h', backend: llama_cpp}", "openai or json"),
-        ("{name: r, kind: http, base_url: 'http://h', command: [x]}", "not source or command"),
+        ("{name: r, kind: http, base_url: 'http://h', source: 'catalog:smollm2'}", "not source"),
         ("{name: r, kind: llm, backend: fake, base_url: 'http://h'}", "base_url goes with"),
     ):
         with pytest.raises(ConfigError, match=message):

@@ -8,11 +8,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
+from starlette.routing import compile_path
 
 from mmserve import __version__
-from mmserve.api import admin, calls, compat, openai, registration
+from mmserve.api import admin, calls, compat, openai, registration, statuses, ui
 from mmserve.api.metrics import HttpMetrics, Metrics
 from mmserve.api.middleware import ApiKeyAuth, BodyLimit, RequestId
 from mmserve.api.protocol import invalid_fields
@@ -43,16 +45,18 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(registration.router, dependencies=admin_only)
     app.include_router(calls.router, dependencies=inference)
     app.include_router(compat.router, dependencies=admin_only)
+    app.include_router(ui.router)  # the page is open; its data calls carry the key
     # The last added runs first: request id, then metrics (401s count too), keys, body limit.
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     if settings.api_keys:
         app.add_middleware(ApiKeyAuth, keys=settings.api_keys)
-    app.add_middleware(HttpMetrics, metrics=metrics)
+    app.add_middleware(HttpMetrics, metrics=metrics, on_request=app.state.manager.log_request)
     app.add_middleware(RequestId)
     app.add_exception_handler(MMServeError, on_mmserve_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, on_validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, on_http_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, on_unexpected_error)
+    app.openapi = statuses.finished(app)  # type: ignore[method-assign]
     return app
 
 
@@ -72,7 +76,7 @@ def banner(settings: Settings, manager: ModelManager) -> None:
     keys = f"on ({len(settings.api_keys)})" if settings.api_keys else "off"
     preloaded = manager.preloaded()
     models = ", ".join(
-        f"{m.spec.name} ({m.spec.kind}, {'loading' if m in preloaded else 'loads on first use'})"
+        f"{m.spec.name} ({m.kind}, {'loading' if m in preloaded else 'loads on first use'})"
         for m in manager.models.values()
     )
     log.info(
@@ -102,20 +106,40 @@ async def on_mmserve_error(_: Request, exc: MMServeError) -> JSONResponse:
 
 
 async def on_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    return error_response(invalid_fields(exc.errors()))
+    return error_response(invalid_fields(exc.errors(), exc.body))
 
 
-async def on_http_error(_: Request, exc: HTTPException) -> JSONResponse:
-    kind = "not_found" if exc.status_code == 404 else None
+async def on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """Starlette's own errors (no such route, a method the route does not take), in OpenAI's
+    envelope."""
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(allowed_methods(request))
     body = {
         "error": {
             "message": str(exc.detail),
             "type": "invalid_request_error",
             "param": None,
-            "code": kind,
+            "code": "not_found" if exc.status_code == 404 else None,
         }
     }
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+    return JSONResponse(body, status_code=exc.status_code, headers=headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods of the path the request's URL matches. Starlette's own 405 names those of
+    the first route it tried, where one path may have a route per method (GET and DELETE of
+    `/api/v1/{model}`)."""
+    path = request.scope["path"]
+    routes = [
+        (route.path, getattr(route.original_route, "methods", None) or set())
+        for route in iter_route_contexts(request.app.routes)
+        if route.path and compile_path(route.path)[0].match(path)
+    ]
+    if not routes:
+        return []
+    template = routes[0][0]  # the route Starlette would have tried first
+    return sorted({m for route_path, methods in routes if route_path == template for m in methods})
 
 
 async def on_unexpected_error(_: Request, exc: Exception) -> JSONResponse:

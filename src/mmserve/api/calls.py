@@ -19,12 +19,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request
 
-from mmserve.api import openai, vision
+from mmserve.api import openai, statuses, vision
 from mmserve.api import protocol as wire
 from mmserve.api.cancel import cancel_on_disconnect
 from mmserve.engine.model import Model
-from mmserve.engine.types import Capability
 from mmserve.errors import InvalidRequest
+from mmserve.types import Capability
 
 __all__ = ["call_model", "router"]
 
@@ -38,8 +38,8 @@ _SHAPES: tuple[tuple[str, Capability, str], ...] = (
 )
 
 
-@router.post("/api/v1/{model}/call")
-async def call(model: str, request: Request, body: Annotated[dict[str, Any], Body()]) -> Any:
+@router.post("/api/v1/{model}/call", responses=statuses.CALLS)
+async def call(model: str, request: Request, body: Annotated[wire.CallBody, Body()]) -> Any:
     """Run `model` on a JSON body (see the module doc for each kind's shape)."""
     return await call_model(request, model, body)
 
@@ -89,17 +89,17 @@ async def _openai_answer(
     if capability == "embed":
         body.pop("stream")
     path = {"chat": "/chat/completions", "complete": "/completions", "embed": "/embeddings"}
-    if model.remote:
+    if model.can("relay"):
         work = openai.manager_of(request).relay(model.spec.name, capability, path[capability], body)
         answer: dict[str, Any] = await cancel_on_disconnect(request, work)
         return answer
     local: Any
     if capability == "chat":
-        local = await openai.chat_completions(wire.parse(wire.ChatCompletionRequest, body), request)
+        local = await openai.answer_chat(wire.parse(wire.ChatCompletionRequest, body), request)
     elif capability == "complete":
-        local = await openai.completions(wire.parse(wire.CompletionRequest, body), request)
+        local = await openai.answer_completions(wire.parse(wire.CompletionRequest, body), request)
     else:
-        local = await openai.embeddings(wire.parse(wire.EmbeddingRequest, body), request)
+        local = await openai.answer_embeddings(wire.parse(wire.EmbeddingRequest, body), request)
     return dict(local.model_dump())
 
 

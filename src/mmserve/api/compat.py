@@ -10,14 +10,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mmserve.api import statuses
 from mmserve.api.openai import manager_of
+from mmserve.api.runtime_models import NAME_PATTERN, given
+from mmserve.api.validation import json_numbers, parse
 from mmserve.config import ModelSpec
 from mmserve.engine.manager import ModelManager
 from mmserve.engine.model import Model
 from mmserve.engine.sources import checked_model_path
-from mmserve.errors import Conflict, InvalidRequest
+from mmserve.errors import Conflict
 
 __all__ = ["LoadModelRequest", "UnloadModelRequest", "router"]
 
@@ -25,14 +28,37 @@ router = APIRouter(tags=["management"])
 
 
 class LoadModelRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A configured model by name, or a model file to serve (then `model` is left out)."""
 
-    model: str | None = Field(None, description="a configured model to load, by name or alias")
-    llama_model_path: str | None = Field(None, description="a model file inside model_dirs")
-    model_alias: str | None = Field(None, description="the name to serve it under")
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"anyOf": [given("model"), given("llama_model_path")]},
+    )
+
+    model: str | None = Field(
+        None, min_length=1, description="a configured model to load, by name or alias"
+    )
+    llama_model_path: str | None = Field(
+        None, description="a GGUF file inside model_dirs (vision models do not load from files)"
+    )
+    model_alias: str | None = Field(
+        None, pattern=NAME_PATTERN, description="the name to serve it under (default: its stem)"
+    )
     ctx_len: int | None = Field(None, gt=0, description="context length in tokens")
     ngl: int | None = Field(None, ge=-1, description="layers offloaded to the GPU (-1: all)")
-    model_type: Literal["llm", "embedding", "vision"] = "llm"
+    model_type: Literal["llm", "embedding"] = "llm"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers(cls, data: Any) -> Any:
+        return json_numbers(data)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> LoadModelRequest:
+        if self.model is None and self.llama_model_path is None:
+            raise ValueError("give `model` (a configured model) or `llama_model_path` (a file)")
+        return self
 
 
 class UnloadModelRequest(BaseModel):
@@ -41,35 +67,26 @@ class UnloadModelRequest(BaseModel):
     model: str
 
 
-@router.post("/loadmodel")
+@router.post("/loadmodel", responses=statuses.MANAGEMENT)
 async def load_model(body: LoadModelRequest, request: Request) -> dict[str, Any]:
     """Load a configured model, or register and load a model file; reply with its status."""
     manager = manager_of(request)
-    model = manager.get(body.model) if body.model else _register(manager, body)
+    model = manager.get(body.model) if body.model is not None else _register(manager, body)
     await model.ensure_ready()
-    return model.status()
+    return model.status().to_json()
 
 
-@router.post("/unloadmodel")
+@router.post("/unloadmodel", responses=statuses.MANAGEMENT)
 async def unload_model(body: UnloadModelRequest, request: Request) -> dict[str, Any]:
     """Stop every replica of a model (each child exits); it stays configured, unloaded."""
     model = manager_of(request).get(body.model)
     await model.unload()
-    return model.status()
+    return model.status().to_json()
 
 
 def _register(manager: ModelManager, body: LoadModelRequest) -> Model:
     """The model a path names: the one already registered from that file, or a new one."""
-    if body.llama_model_path is None:
-        raise InvalidRequest(
-            "give `model` (a configured model) or `llama_model_path`", param="model"
-        )
-    if body.model_type == "vision":
-        raise InvalidRequest(
-            "vision models do not load from a file: their backend's package holds the weights; "
-            "configure one (kind: vision) or add it with POST /api/v1/models",
-            param="model_type",
-        )
+    assert body.llama_model_path is not None  # the request names a model or a file
     settings = manager.settings
     path = checked_model_path(body.llama_model_path, settings.model_dirs, gguf=True)
     name = body.model_alias or path.stem
@@ -94,13 +111,7 @@ def _spec(name: str, path: Path, body: LoadModelRequest) -> ModelSpec:
         fields["context_length"] = body.ctx_len
     if body.ngl is not None:
         fields["gpu_layers"] = body.ngl
-    try:
-        return ModelSpec.model_validate(fields)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        raise InvalidRequest(
-            f"{'.'.join(map(str, error['loc']))}: {error['msg']}", param="model_alias"
-        ) from None
+    return parse(ModelSpec, fields)
 
 
 # The older servers' form `/{post|get}/{operation}?id=MODEL`, as explicit routes; left out of

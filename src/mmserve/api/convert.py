@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 
 from mmserve.api import protocol as wire
-from mmserve.engine.types import (
+from mmserve.errors import BackendError, UnsupportedCapability
+from mmserve.types import (
     ChatMessage,
     ChatRequest,
     CompletionRequest,
@@ -18,7 +20,6 @@ from mmserve.engine.types import (
     TextDone,
     TextEvent,
 )
-from mmserve.errors import BackendError, UnsupportedCapability
 
 __all__ = [
     "chat_chunks",
@@ -61,16 +62,21 @@ def chat_request(body: wire.ChatCompletionRequest) -> ChatRequest:
 
 
 def _text(message: wire.ChatMessageIn, index: int, model: str) -> str:
-    if message.content is None or isinstance(message.content, str):
-        return message.content or ""
+    """A message's text: its string, or its text parts joined (an earlier refusal counts as
+    what the assistant said)."""
+    content = message.content
+    if isinstance(message, wire.AssistantMessageIn) and content is None:
+        return message.refusal or ""
+    if content is None or isinstance(content, str):
+        return content or ""
     texts = []
-    for part in message.content:
+    for part in content:
         if isinstance(part, wire.ImagePart):
             raise UnsupportedCapability(
                 f"model {model!r} cannot read images; send image_url parts to a vision model",
-                param=f"messages.{index}.content",
+                param=f"messages[{index}].content",
             )
-        texts.append(part.text)
+        texts.append(part.text if isinstance(part, wire.TextPart) else part.refusal)
     return "\n".join(texts)
 
 
@@ -95,6 +101,9 @@ async def collect(events: AsyncIterator[TextEvent]) -> tuple[str, TextDone]:
     raise BackendError("the generation ended without finishing")
 
 
+Clock = Callable[[], float]
+
+
 def usage(prompt_tokens: int, completion_tokens: int) -> wire.Usage:
     return wire.Usage(
         prompt_tokens=prompt_tokens,
@@ -104,52 +113,60 @@ def usage(prompt_tokens: int, completion_tokens: int) -> wire.Usage:
 
 
 async def chat_chunks(
-    events: AsyncIterator[TextEvent], model: str, include_usage: bool
+    events: AsyncIterator[TextEvent], model: str, include_usage: bool, clock: Clock = time.time
 ) -> AsyncIterator[wire.ChatCompletionChunk]:
-    """OpenAI's chunk sequence: a role chunk, content chunks, a finish chunk, maybe usage."""
-    cid = wire.new_id("chatcmpl")
+    """OpenAI's chunk sequence: a role chunk, content chunks, a finish chunk, maybe usage; one
+    id and one `created` (the first chunk's time) for all of them."""
+    cid, created = wire.new_id("chatcmpl"), int(clock())
 
-    def chunk(delta: wire.Delta, finish: TextDone | None = None) -> wire.ChatCompletionChunk:
-        choice = wire.ChunkChoice(
-            delta=delta, finish_reason=finish.finish_reason if finish else None
+    def chunk(
+        choices: list[wire.ChunkChoice], tally: wire.Usage | None = None
+    ) -> wire.ChatCompletionChunk:
+        return wire.ChatCompletionChunk(
+            id=cid, created=created, model=model, choices=choices, usage=tally
         )
-        return wire.ChatCompletionChunk(id=cid, model=model, choices=[choice])
 
-    yield chunk(wire.Delta(role="assistant", content=""))
+    yield chunk([wire.ChunkChoice(delta=wire.Delta(role="assistant", content=""))])
     async for event in events:
         if isinstance(event, TextDelta):
-            yield chunk(wire.Delta(content=event.text))
+            yield chunk([wire.ChunkChoice(delta=wire.Delta(content=event.text))])
             continue
-        yield chunk(wire.Delta(), event)
+        yield chunk([wire.ChunkChoice(delta=wire.Delta(), finish_reason=event.finish_reason)])
         if include_usage:
-            tally = usage(event.prompt_tokens, event.completion_tokens)
-            yield wire.ChatCompletionChunk(id=cid, model=model, choices=[], usage=tally)
+            yield chunk([], usage(event.prompt_tokens, event.completion_tokens))
 
 
 async def completion_chunks(
-    streams: list[tuple[str, AsyncIterator[TextEvent]]], model: str, include_usage: bool, echo: bool
+    streams: list[tuple[str, AsyncIterator[TextEvent]]],
+    model: str,
+    include_usage: bool,
+    echo: bool,
+    clock: Clock = time.time,
 ) -> AsyncIterator[wire.Completion]:
-    """Text-completion chunks for each (prompt, events) in turn, indexed by prompt."""
-    cid = wire.new_id("cmpl")
+    """Text-completion chunks for each (prompt, events) in turn, indexed by prompt; one id and
+    one `created` for all of them."""
+    cid, created = wire.new_id("cmpl"), int(clock())
+
+    def chunk(
+        choices: list[wire.CompletionChoice], tally: wire.Usage | None = None
+    ) -> wire.Completion:
+        return wire.Completion(id=cid, created=created, model=model, choices=choices, usage=tally)
+
     prompt_tokens = completion_tokens = 0
     for index, (prompt, events) in enumerate(streams):
         if echo:
-            yield wire.Completion(
-                id=cid, model=model, choices=[wire.CompletionChoice(index=index, text=prompt)]
-            )
+            yield chunk([wire.CompletionChoice(index=index, text=prompt)])
         async for event in events:
-            text, finish = (
-                (event.text, None) if isinstance(event, TextDelta) else ("", event.finish_reason)
+            if isinstance(event, TextDelta):
+                yield chunk([wire.CompletionChoice(index=index, text=event.text)])
+                continue
+            yield chunk(
+                [wire.CompletionChoice(index=index, text="", finish_reason=event.finish_reason)]
             )
-            choice = wire.CompletionChoice(index=index, text=text, finish_reason=finish)
-            yield wire.Completion(id=cid, model=model, choices=[choice])
-            if isinstance(event, TextDone):
-                prompt_tokens += event.prompt_tokens
-                completion_tokens += event.completion_tokens
+            prompt_tokens += event.prompt_tokens
+            completion_tokens += event.completion_tokens
     if include_usage:
-        yield wire.Completion(
-            id=cid, model=model, choices=[], usage=usage(prompt_tokens, completion_tokens)
-        )
+        yield chunk([], usage(prompt_tokens, completion_tokens))
 
 
 def encode_base64(vector: list[float]) -> str:
@@ -162,4 +179,7 @@ def embedding_response(result: EmbedResult, model: str, encoding: str) -> wire.E
         wire.Embedding(index=i, embedding=encode_base64(v) if encoding == "base64" else v)
         for i, v in enumerate(result.vectors)
     ]
-    return wire.EmbeddingResponse(data=data, model=model, usage=usage(result.prompt_tokens, 0))
+    tally = wire.EmbeddingUsage(
+        prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens
+    )
+    return wire.EmbeddingResponse(data=data, model=model, usage=tally)

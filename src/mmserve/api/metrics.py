@@ -5,7 +5,7 @@ templates, never raw paths or other user input."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -56,12 +56,9 @@ class Metrics:
             "mmserve_batch_size", "requests run together in one batch (embedding, vision)",
             ["model"], buckets=BATCH_BUCKETS, registry=r,
         )  # fmt: skip
-        self.manager: ModelManager | None = None
 
     def watch(self, manager: ModelManager) -> None:
-        """Report the models' live state (queues, replicas, memory) at every scrape, and write
-        each request into its model's log."""
-        self.manager = manager
+        """Report the models' live state (queues, replicas, memory) at every scrape."""
         self.registry.register(ModelStateCollector(manager))
 
     # ---- Telemetry -----------------------------------------------------------------------------
@@ -117,12 +114,20 @@ class ModelStateCollector(Collector):
         yield from (queue, running, states, replicas, memory)
 
 
-class HttpMetrics:
-    """ASGI middleware: count every answered request by model, route template and status."""
+# A request that named a model, once answered: (model, route, status, seconds, tokens).
+RequestHook = Callable[[str, str, int, float, int], None]
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+
+class HttpMetrics:
+    """ASGI middleware: count every answered request by model, route template and status, and
+    hand each one that named a model to `on_request` (the model's log)."""
+
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, on_request: RequestHook | None = None
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.on_request = on_request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -148,5 +153,5 @@ class HttpMetrics:
             latency = time.monotonic() - started
             self.metrics.requests.labels(model, route, str(status)).inc()
             self.metrics.latency.labels(model, route).observe(latency)
-            if model and self.metrics.manager is not None:
-                self.metrics.manager.get(model).log.request(route, status, latency, tally.tokens)
+            if model and self.on_request is not None:
+                self.on_request(model, route, status, latency, tally.tokens)

@@ -18,11 +18,30 @@ from mmserve.config import ApiKey
 from mmserve.errors import MMServeError, PayloadTooLarge, Unauthorized
 from mmserve.logformat import REQUEST_ID
 
-__all__ = ["OPEN_PATHS", "ApiKeyAuth", "BodyLimit", "RequestId", "send_error"]
+__all__ = [
+    "OPEN_PATHS",
+    "PROBES",
+    "ApiKeyAuth",
+    "BodyLimit",
+    "RequestId",
+    "is_open",
+    "send_error",
+]
 
 # Reachable without a key: liveness and readiness probes must work before anyone has a key.
-OPEN_PATHS = frozenset({"/health", "/ready"})
+PROBES = frozenset({"/health", "/ready"})
+# ... and the dashboard's page and its files (api/ui.py), which hold no data: the page asks for a
+# key and sends it with every data call. `/` only redirects a browser to the page.
+OPEN_PATHS = PROBES | {"/", "/ui"}
+UI_FILES = "/ui/"
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def is_open(path: str) -> bool:
+    """Whether `path` is served without a key: OPEN_PATHS, and `/ui/NAME` (one segment)."""
+    if path in OPEN_PATHS:
+        return True
+    return path.startswith(UI_FILES) and "/" not in path[len(UI_FILES) :]
 
 
 async def send_error(send: Send, error: MMServeError) -> None:
@@ -34,9 +53,10 @@ async def send_error(send: Send, error: MMServeError) -> None:
 
 
 class ApiKeyAuth:
-    """Every path but OPEN_PATHS needs one of the configured keys, as `Authorization: Bearer
-    KEY` or `x-api-key: KEY`. The key's scopes go to `request.state.scopes` for the routes that
-    need more than `inference`. Keys are compared in constant time and never logged."""
+    """Every path but the open ones (`is_open`) needs one of the configured keys, as
+    `Authorization: Bearer KEY` or `x-api-key: KEY`. The key's scopes go to
+    `request.state.scopes` for the routes that need more than `inference`. Keys are compared in
+    constant time and never logged."""
 
     def __init__(self, app: ASGIApp, keys: list[ApiKey]) -> None:
         self.app = app
@@ -45,7 +65,7 @@ class ApiKeyAuth:
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
         scopes = self._scopes_for(_presented_key(scope))

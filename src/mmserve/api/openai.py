@@ -11,13 +11,13 @@ from typing import TypeVar
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
-from mmserve.api import convert, vision
+from mmserve.api import convert, statuses, vision
 from mmserve.api import protocol as wire
 from mmserve.api.cancel import cancel_on_disconnect
 from mmserve.api.sse import event_stream, relayed_stream
 from mmserve.engine.manager import ModelManager
 from mmserve.engine.model import Model
-from mmserve.engine.types import Capability, EmbedRequest, TextEvent
+from mmserve.types import Capability, EmbedRequest, TextEvent
 
 __all__ = ["engines_router", "router"]
 
@@ -43,8 +43,8 @@ def resolve(request: Request, name: str) -> Model:
 async def relay(
     request: Request, name: str, capability: Capability, path: str, stream: bool
 ) -> Response:
-    """Pass an OpenAI request to a remote model (kind http) as the client sent it, so that any
-    field the upstream knows works; its answer comes back as the upstream gave it."""
+    """Pass an OpenAI request on as the client sent it, to a model that relays (an upstream),
+    so that any field the upstream knows works; its answer comes back as the upstream gave it."""
     body = {**await request.json(), "model": name}
     manager = manager_of(request)
     if stream:
@@ -72,16 +72,27 @@ def _complete(
     return manager.generate(body.model, "complete", convert.completion_request(body, prompt))
 
 
-@router.post("/chat/completions", response_model=wire.ChatCompletion)
+@router.post(
+    "/chat/completions",
+    response_model=wire.ChatCompletion,
+    responses=statuses.STREAMING_INFERENCE,
+)
 async def chat_completions(
     body: wire.ChatCompletionRequest, request: Request
 ) -> Response | wire.ChatCompletion:
+    return await answer_chat(body, request)
+
+
+async def answer_chat(
+    body: wire.ChatCompletionRequest, request: Request
+) -> Response | wire.ChatCompletion:
+    """A chat request answered (the route's work, also the call route's)."""
     # An unknown model is a 404 before anything else is judged.
     model = resolve(request, body.model)
-    if model.remote:
+    if model.can("relay"):
         return await relay(request, body.model, "chat", "/chat/completions", body.stream)
     manager = manager_of(request)
-    if model.spec.kind == "vision":
+    if model.can("vision"):
         events = vision.chat_events(manager, model, body)
     else:
         events = manager.generate(body.model, "chat", convert.chat_request(body))
@@ -100,9 +111,16 @@ async def chat_completions(
     )
 
 
-@router.post("/completions", response_model=wire.Completion)
+@router.post("/completions", response_model=wire.Completion, responses=statuses.STREAMING_INFERENCE)
 async def completions(body: wire.CompletionRequest, request: Request) -> Response | wire.Completion:
-    if resolve(request, body.model).remote:
+    return await answer_completions(body, request)
+
+
+async def answer_completions(
+    body: wire.CompletionRequest, request: Request
+) -> Response | wire.Completion:
+    """A completion request answered (the route's work, also the call route's)."""
+    if resolve(request, body.model).can("relay"):
         return await relay(request, body.model, "complete", "/completions", body.stream)
     manager = manager_of(request)
     if body.stream:
@@ -133,11 +151,18 @@ async def _complete_all(manager: ModelManager, body: wire.CompletionRequest) -> 
     )
 
 
-@router.post("/embeddings", response_model=wire.EmbeddingResponse)
+@router.post("/embeddings", response_model=wire.EmbeddingResponse, responses=statuses.INFERENCE)
 async def embeddings(
     body: wire.EmbeddingRequest, request: Request
 ) -> Response | wire.EmbeddingResponse:
-    if resolve(request, body.model).remote:
+    return await answer_embeddings(body, request)
+
+
+async def answer_embeddings(
+    body: wire.EmbeddingRequest, request: Request
+) -> Response | wire.EmbeddingResponse:
+    """An embedding request answered (the route's work, also the call route's)."""
+    if resolve(request, body.model).can("relay"):
         return await relay(request, body.model, "embed", "/embeddings", stream=False)
     work = manager_of(request).embed(body.model, EmbedRequest(inputs=body.inputs), body.dimensions)
     result = await cancel_on_disconnect(request, work)
@@ -148,20 +173,24 @@ class EngineEmbeddingRequest(wire.EmbeddingRequest):
     model: str = ""  # the path names the model
 
 
-@engines_router.post("/engines/{model}/embeddings", response_model=wire.EmbeddingResponse)
+@engines_router.post(
+    "/engines/{model}/embeddings",
+    response_model=wire.EmbeddingResponse,
+    responses=statuses.INFERENCE,
+)
 async def engine_embeddings(
     model: str, body: EngineEmbeddingRequest, request: Request
 ) -> Response | wire.EmbeddingResponse:
-    return await embeddings(body.model_copy(update={"model": model}), request)
+    return await answer_embeddings(body.model_copy(update={"model": model}), request)
 
 
-@router.get("/models", response_model=wire.ModelList)
+@router.get("/models", response_model=wire.ModelList, responses=statuses.LISTING)
 async def list_models(request: Request) -> wire.ModelList:
     manager = manager_of(request)
     return wire.ModelList(data=[_card(manager, name) for name in manager.models])
 
 
-@router.get("/models/{model_id}", response_model=wire.ModelCard)
+@router.get("/models/{model_id}", response_model=wire.ModelCard, responses=statuses.LOOKUP)
 async def get_model(model_id: str, request: Request) -> wire.ModelCard:
     return _card(manager_of(request), model_id)
 
@@ -171,7 +200,7 @@ def _card(manager: ModelManager, name: str) -> wire.ModelCard:
     return wire.ModelCard(
         id=model.spec.name,
         created=int(model.replicas[0].loaded_at or 0) if model.replicas else 0,
-        kind=model.spec.kind,
+        kind=model.kind,
         state=model.state.value,
         aliases=model.spec.aliases,
         capabilities=list(model.capabilities),

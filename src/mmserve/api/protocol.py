@@ -1,8 +1,15 @@
 """Wire models for the OpenAI-compatible routes, named as OpenAI names them.
 
-Requests validate at the edge (a bad field is a 400 naming it); unknown fields are ignored, as
-most OpenAI-compatible servers do, except those that would change the answer and that mmserve
-does not implement (n > 1, tools, logprobs...), which are refused by name.
+Requests validate at the edge (a bad field is a 400 naming it, worded by `api.validation`);
+unknown fields are ignored, as most OpenAI-compatible servers do, except those that would
+change the answer and that mmserve does not implement (n > 1, tools, logprobs...), which are
+refused by name. Every constraint the server enforces on a field's own value is declared on the
+field, so the OpenAPI document states it; what depends on the model (its max_tokens cap, its
+context, its vocabulary, what it can do) is checked by the engine.
+
+Replies have exactly the keys OpenAI's schema gives them: a key the schema makes nullable is
+`null` when empty (`refusal`), one it makes optional is left out (a chunk's `delta.role` after
+the first).
 """
 
 from __future__ import annotations
@@ -10,15 +17,22 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Sequence
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeGuard
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
-from mmserve.engine.types import FinishReason
-from mmserve.errors import InvalidRequest
+from mmserve.api.validation import invalid_fields, json_numbers, object_body, parse
+from mmserve.types import FinishReason
 
 __all__ = [
+    "CallBody",
     "ChatCompletion",
     "ChatCompletionChunk",
     "ChatCompletionRequest",
@@ -29,6 +43,7 @@ __all__ = [
     "Embedding",
     "EmbeddingRequest",
     "EmbeddingResponse",
+    "ErrorResponse",
     "ModelCard",
     "ModelList",
     "Usage",
@@ -39,48 +54,18 @@ __all__ = [
 ]
 
 
-def invalid_fields(errors: Sequence[Any]) -> InvalidRequest:
-    """The first validation problem, as OpenAI words it: which field, and what is wrong."""
-    err = errors[0]
-    loc = [str(part) for part in err["loc"] if part != "body"]
-    if err["type"] == "json_invalid":
-        return InvalidRequest(
-            f"the request body is not valid JSON: {err.get('ctx', {}).get('error', err['msg'])}"
-        )
-    if not loc:
-        return InvalidRequest(f"the request body is invalid: {err['msg']}")
-    field = ".".join(loc)
-    return InvalidRequest(f"invalid value for '{field}': {err['msg']}", param=loc[0])
-
-
-def object_body(raw: bytes) -> dict[str, Any]:
-    """A body read by hand (routes whose body is optional): a JSON object, or {} when empty."""
-    try:
-        body = json.loads(raw) if raw.strip() else {}
-    except ValueError:
-        raise InvalidRequest("the request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    return body
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def parse(model: type[M], data: Any) -> M:
-    """Validate `data` as `model` in a route's body (a 400 naming the field, as at the edge)."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise invalid_fields(exc.errors()) from None
-
-
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # Strict: JSON's types, as the schema states them (`true` is not 1, "5" is not 5).
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers(cls, data: Any) -> Any:
+        return json_numbers(data)
 
     @field_validator("*", mode="after")
     @classmethod
@@ -105,7 +90,34 @@ def _is_utf8(text: str) -> bool:
 
 
 class _Out(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Fields with a default are always sent: the schema marks them required, as OpenAI's does.
+    model_config = ConfigDict(extra="forbid", json_schema_serialization_defaults_required=True)
+
+
+def only(value: bool | int) -> Any:
+    """The validator of a field that takes one number or bool, typed as JSON types it (alone,
+    a Literal compares as Python does: `true` would pass for 1, and 0 for false)."""
+
+    def check(given: object) -> object:
+        if type(given) is not type(value):
+            raise ValueError(f"must be {json.dumps(value)}")
+        return given
+
+    return BeforeValidator(check)
+
+
+def _absent(value: object) -> bool:
+    return value is None
+
+
+def left_out_when_none() -> Any:
+    """A key OpenAI's schema makes optional but not nullable: left out when it has no value."""
+    return Field(None, exclude_if=_absent)
+
+
+NonEmpty = Annotated[str, Field(min_length=1)]
+# Token ids in the model's own vocabulary (the backend checks the upper bound).
+TokenArray = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
 
 # ---- requests -------------------------------------------------------------------------------
@@ -126,13 +138,55 @@ class ImagePart(_In):
     image_url: ImageURL
 
 
-ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+class RefusalPart(_In):
+    type: Literal["refusal"]
+    refusal: str
 
 
-class ChatMessageIn(_In):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ContentPart] | None = None
+UserPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+AssistantPart = Annotated[TextPart | RefusalPart, Field(discriminator="type")]
+
+TextContent = str | Annotated[list[TextPart], Field(min_length=1)]
+
+
+class SystemMessage(_In):
+    role: Literal["system"]
+    content: TextContent
     name: str | None = None
+
+
+class DeveloperMessage(_In):
+    role: Literal["developer"]
+    content: TextContent
+    name: str | None = None
+
+
+class UserMessage(_In):
+    role: Literal["user"]
+    content: str | Annotated[list[UserPart], Field(min_length=1)]
+    name: str | None = None
+
+
+class AssistantMessageIn(_In):
+    """An earlier answer in the conversation; OpenAI makes its content optional."""
+
+    role: Literal["assistant"]
+    content: str | Annotated[list[AssistantPart], Field(min_length=1)] | None = None
+    refusal: str | None = None
+    name: str | None = None
+    tool_calls: list[Any] | None = Field(None, max_length=0, description="not supported")
+
+
+class ToolMessage(_In):
+    role: Literal["tool"]
+    content: TextContent
+    tool_call_id: str
+
+
+ChatMessageIn = Annotated[
+    SystemMessage | DeveloperMessage | UserMessage | AssistantMessageIn | ToolMessage,
+    Field(discriminator="role"),
+]
 
 
 class StreamOptions(_In):
@@ -143,6 +197,10 @@ class ResponseFormat(_In):
     type: Literal["text", "json_object"]
 
 
+# A seed is any integer a double holds exactly (JSON numbers beyond that are not exact).
+Seed = Annotated[int, Field(ge=-(2**53), le=2**53)]
+
+
 class _Sampling(_In):
     """Fields shared by chat and completions."""
 
@@ -150,22 +208,16 @@ class _Sampling(_In):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    n: Literal[1] = Field(1, description="mmserve returns one choice per prompt")
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    n: Annotated[Literal[1], only(1)] = Field(
+        1, description="mmserve returns one choice per prompt"
+    )
+    stop: NonEmpty | Annotated[list[NonEmpty], Field(max_length=16)] | None = None
+    seed: Seed | None = None
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        stops = [stop] if isinstance(stop, str) else stop or []
-        if len(stops) > 16 or any(not s for s in stops):
-            raise ValueError("stop must be at most 16 non-empty strings")
-        return stop
 
     @property
     def stops(self) -> list[str]:
@@ -181,25 +233,19 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(None, ge=1)
     response_format: ResponseFormat | None = None
     tools: list[Any] | None = Field(None, max_length=0, description="not supported")
-    logprobs: Literal[False] | None = Field(None, description="not supported")
+    logprobs: Annotated[Literal[False], only(False)] | None = Field(
+        None, description="not supported"
+    )
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] = Field(min_length=1)
+    # An empty prompt starts from the model's start token.
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=64)]
     max_tokens: int | None = Field(None, ge=1, description="default 16, as OpenAI's")
     echo: bool = False
     suffix: None = Field(None, description="not supported")
     logprobs: None = Field(None, description="not supported")
-    best_of: Literal[1] | None = None
-
-    @field_validator("prompt")
-    @classmethod
-    def _prompt(cls, prompt: str | list[str]) -> str | list[str]:
-        if isinstance(prompt, list) and len(prompt) > 64:
-            raise ValueError("at most 64 prompts per request")
-        if isinstance(prompt, list) and not all(prompt):
-            raise ValueError("prompts must not be empty strings")
-        return prompt
+    best_of: Annotated[Literal[1], only(1)] | None = None
 
     @property
     def prompts(self) -> list[str]:
@@ -208,22 +254,78 @@ class CompletionRequest(_Sampling):
 
 class EmbeddingRequest(_In):
     model: str = Field(min_length=1)
-    input: str | list[str] = Field(min_length=1)
+    input: (
+        NonEmpty
+        | Annotated[list[NonEmpty], Field(min_length=1)]
+        | TokenArray
+        | Annotated[list[TokenArray], Field(min_length=1)]
+    ) = Field(
+        description="text, or token arrays: the ids of the text's tokens in the model's own "
+        "vocabulary, without the special tokens (the server adds them)"
+    )
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
     user: str | None = None
 
-    @field_validator("input")
-    @classmethod
-    def _input(cls, value: str | list[str]) -> str | list[str]:
-        texts = [value] if isinstance(value, str) else value
-        if any(not text for text in texts):
-            raise ValueError("input must not contain empty strings")
-        return value
-
     @property
-    def inputs(self) -> list[str]:
-        return [self.input] if isinstance(self.input, str) else list(self.input)
+    def inputs(self) -> list[str | list[int]]:
+        """Each input: a text, or one token array."""
+        if isinstance(self.input, str) or _is_token_array(self.input):
+            return [self.input]
+        return [item for item in self.input if not isinstance(item, int)]
+
+
+def _is_token_array(value: object) -> TypeGuard[list[int]]:
+    return isinstance(value, list) and all(isinstance(item, int) for item in value)
+
+
+# `POST /api/v1/{model}/call`: the path names the model; the body takes the form of its kind.
+
+
+class ChatCall(ChatCompletionRequest):
+    """A chat model's call: the chat request without `model` (never streamed)."""
+
+    model: str = Field("", description="ignored: the path names the model")
+
+
+class CompletionCall(CompletionRequest):
+    model: str = Field("", description="ignored: the path names the model")
+
+
+class EmbeddingCall(EmbeddingRequest):
+    model: str = Field("", description="ignored: the path names the model")
+
+
+class ImageCall(_In):
+    """A vision model's call on one image (a data URL or bare base64)."""
+
+    image: str
+    top_k: int = Field(5, ge=1, le=1000, description="a classifier's labels per image")
+
+
+class ImagesCall(_In):
+    images: list[str] = Field(min_length=1)
+    top_k: int = Field(5, ge=1, le=1000, description="a classifier's labels per image")
+
+
+def _as_sent(body: Any) -> Any:
+    return body
+
+
+# The call route reads the body by the model's kind (api.calls); the document shows each form,
+# and any object for a program or a JSON endpoint, which take their own.
+CallBody = Annotated[
+    dict[str, Any],
+    BeforeValidator(
+        _as_sent,
+        json_schema_input_type=ChatCall
+        | CompletionCall
+        | EmbeddingCall
+        | ImageCall
+        | ImagesCall
+        | dict[str, Any],
+    ),
+]
 
 
 # ---- responses ------------------------------------------------------------------------------
@@ -231,19 +333,26 @@ class EmbeddingRequest(_In):
 
 class Usage(_Out):
     prompt_tokens: int
-    completion_tokens: int = 0
+    completion_tokens: int
+    total_tokens: int
+
+
+class EmbeddingUsage(_Out):
+    prompt_tokens: int
     total_tokens: int
 
 
 class _Response(_Out):
     id: str
+    # One value for every chunk of a stream: its first chunk's (see api.convert).
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
 
 
 class AssistantMessage(_Out):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    refusal: str | None = None
 
 
 class ChatChoice(_Out):
@@ -260,8 +369,10 @@ class ChatCompletion(_Response):
 
 
 class Delta(_Out):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
+    """What a chunk adds: `role` in the first chunk only, `content` while there is text."""
+
+    role: Literal["assistant"] | None = left_out_when_none()
+    content: str | None = left_out_when_none()
 
 
 class ChunkChoice(_Out):
@@ -274,6 +385,7 @@ class ChunkChoice(_Out):
 class ChatCompletionChunk(_Response):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     choices: list[ChunkChoice]
+    # With stream_options.include_usage: null in every chunk but the last, as OpenAI sends it.
     usage: Usage | None = None
 
 
@@ -287,7 +399,7 @@ class CompletionChoice(_Out):
 class Completion(_Response):
     object: Literal["text_completion"] = "text_completion"
     choices: list[CompletionChoice]
-    usage: Usage | None = None
+    usage: Usage | None = left_out_when_none()
 
 
 CompletionChunk = Completion  # OpenAI streams completions with the same object shape
@@ -303,7 +415,7 @@ class EmbeddingResponse(_Out):
     object: Literal["list"] = "list"
     data: list[Embedding]
     model: str
-    usage: Usage
+    usage: EmbeddingUsage
 
 
 class ModelCard(_Out):
@@ -321,3 +433,16 @@ class ModelCard(_Out):
 class ModelList(_Out):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class ErrorDetail(_Out):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(_Out):
+    """OpenAI's error envelope: every error mmserve answers has this body."""
+
+    error: ErrorDetail

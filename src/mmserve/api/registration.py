@@ -1,7 +1,8 @@
 """Runtime registration: models added and removed while the server runs (admin routes).
 
-A request may not make the server do what the operator has not allowed: a `kind: subprocess`
-command must match an entry of `allow_runtime_subprocess` (none: 403), a model file must lie in
+A request may not make the server do what the operator has not allowed: a command (of
+`kind: subprocess`, or of a managed `kind: http` server) must match an entry of
+`allow_runtime_subprocess` (none: 403) and takes no `env` or `cwd`, a model file must lie in
 `model_dirs` (as for `/loadmodel`), and `api_key_env` is refused, since it would let a request
 choose which of the server's environment variables is sent to a URL of its choosing.
 """
@@ -9,13 +10,15 @@ choose which of the server's environment variables is sent to a URL of its choos
 from __future__ import annotations
 
 import shlex
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
 from mmserve.api import protocol as wire
+from mmserve.api import statuses
 from mmserve.api.openai import manager_of
+from mmserve.api.runtime_models import RuntimeModel
 from mmserve.catalog import is_catalog_source
 from mmserve.config import ModelSpec, Settings
 from mmserve.engine.sources import checked_model_path
@@ -29,20 +32,20 @@ router = APIRouter(tags=["management"])
 _COMPAT_TYPES = ("httpmodel", "subprocessmodel")
 
 
-@router.post("/api/v1/models", status_code=201)
-async def register(request: Request, body: Annotated[dict[str, Any], Body()]) -> JSONResponse:
+@router.post("/api/v1/models", status_code=201, responses=statuses.MANAGEMENT)
+async def register(request: Request, body: RuntimeModel) -> JSONResponse:
     """Add a model from a spec (the fields of a config file's `models` entry); it loads now
     unless `preload: false`. A load that fails removes it again and answers why."""
-    return await _register(request, body)
+    return await _register(request, body.model_dump(exclude_unset=True, exclude_none=True))
 
 
-@router.get("/api/v1/{model}")
+@router.get("/api/v1/{model}", responses=statuses.LOOKUP)
 async def model_status(model: str, request: Request) -> dict[str, Any]:
     """One model's state, replicas and recent log (as in `GET /api/v1/`)."""
-    return manager_of(request).get(model).status()
+    return manager_of(request).get(model).status().to_json()
 
 
-@router.delete("/api/v1/{model}")
+@router.delete("/api/v1/{model}", responses=statuses.LOOKUP)
 async def unregister(model: str, request: Request) -> dict[str, Any]:
     """Unload a model and forget it; its name is free again."""
     manager = manager_of(request)
@@ -79,7 +82,7 @@ async def _register(request: Request, fields: dict[str, Any]) -> JSONResponse:
             await manager.unregister(model.spec.name)
             raise
     model.log.event("registered at runtime")
-    return JSONResponse(model.status(), status_code=201)
+    return JSONResponse(model.status().to_json(), status_code=201)
 
 
 def runtime_spec(fields: dict[str, Any], settings: Settings) -> ModelSpec:
@@ -89,11 +92,11 @@ def runtime_spec(fields: dict[str, Any], settings: Settings) -> ModelSpec:
         raise PermissionDenied(
             "api_key_env is read only from the config file; send api_key itself", param="api_key"
         )
-    command = fields.get("command")
-    if isinstance(command, str):
-        fields["command"] = command = _split(command, "command")
-    if fields.get("kind") == "subprocess" or command is not None:
-        _check_command(command, settings.allow_runtime_subprocess)
+    if fields.get("kind") == "subprocess" or "command" in fields:
+        fields["command"] = _allowed_command(fields.get("command"), settings)
+    for key in ("env", "cwd"):  # either would let an allowed program run other code
+        if key in fields:
+            raise PermissionDenied(f"{key} is read only from the config file", param=key)
     source = fields.get("source")
     if isinstance(source, str) and not is_catalog_source(source):
         gguf = fields.get("backend", "llama_cpp") == "llama_cpp" and fields.get("kind") == "llm"
@@ -109,22 +112,26 @@ def _split(line: str, param: str) -> list[str]:
         raise InvalidRequest(f"cannot read the command line: {exc}", param=param) from None
 
 
-def _check_command(command: object, allowed: list[str]) -> None:
-    if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
-        raise InvalidRequest(
-            "kind: subprocess needs command, a list of strings (the program and its arguments)",
-            param="command",
-        )
+def _allowed_command(command: object, settings: Settings) -> list[str]:
+    """The program a request asks to start, as a list, if the operator allows it."""
+    allowed = settings.allow_runtime_subprocess
     if not allowed:
         raise PermissionDenied(
             "starting programs at runtime is off: the operator has not set "
             "allow_runtime_subprocess",
             param="command",
         )
+    if isinstance(command, str):
+        command = _split(command, "command")
+    if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
+        raise InvalidRequest(
+            "kind: subprocess needs command, a list of strings (the program and its arguments)",
+            param="command",
+        )
     for entry in allowed:
         prefix = shlex.split(entry)
         if prefix and command[: len(prefix)] == prefix:
-            return
+            return command
     raise PermissionDenied(
         f"the command {shlex.join(command)!r} is not one that allow_runtime_subprocess allows",
         param="command",

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmserve.api import protocol as wire
 from mmserve.config import Settings
-from mmserve.engine.inprocess import VisionItem
 from mmserve.engine.manager import ModelManager
 from mmserve.engine.model import Model
-from mmserve.engine.types import TextDelta, TextDone, TextEvent
 from mmserve.errors import InvalidRequest
-from mmserve.vision import ImageLimits, load_image
+from mmserve.types import TextDelta, TextDone, TextEvent, VisionItem
+
+if TYPE_CHECKING:
+    from mmserve.vision.images import ImageLimits
 
 __all__ = ["call", "chat_events", "describe"]
 
@@ -27,6 +28,8 @@ DEFAULT_TOP_K = 5
 
 
 def limits(settings: Settings) -> ImageLimits:
+    from mmserve.vision.images import ImageLimits  # pillow: only when images come
+
     return ImageLimits(
         max_pixels=settings.max_image_pixels,
         allow_remote=settings.allow_remote_images,
@@ -92,5 +95,7 @@ async def _load(refs: list[str], settings: Settings, param: str) -> list[Any]:
     """Every image decoded (in threads, at once); the first bad one is the 400, its `param`
     formatted with its index."""
     bounds = limits(settings)
+    from mmserve.vision.images import load_image  # pillow: only when images come
+
     loads = (load_image(r, bounds, param.format(i)) for i, r in enumerate(refs))
     return list(await asyncio.gather(*loads))

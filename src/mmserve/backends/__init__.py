@@ -6,23 +6,18 @@ so a server that never serves an embedding model never imports torch.
 
 from __future__ import annotations
 
-import importlib
-
 from mmserve.backends.base import Backend, BackendSpec
+from mmserve.errors import ConfigError
+from mmserve.registry import entry, import_object
 
-__all__ = ["BACKENDS", "Backend", "BackendSpec", "create_backend"]
-
-# name -> "module:Class". Resolved only when a model of that backend loads.
-BACKENDS: dict[str, str] = {
-    "llama_cpp": "mmserve.backends.llama_cpp:LlamaCppBackend",
-    "sentence_transformers": "mmserve.backends.sentence_transformers:SentenceTransformersBackend",
-    "fake": "mmserve.backends.fake:FakeBackend",
-}
+__all__ = ["Backend", "BackendSpec", "create_backend"]
 
 
 def create_backend(spec: BackendSpec) -> Backend:
-    """Import the backend class named by `spec.backend` and load the model (blocks)."""
-    module_name, _, class_name = BACKENDS[spec.backend].partition(":")
-    backend_class = getattr(importlib.import_module(module_name), class_name)
-    backend: Backend = backend_class(spec)
+    """Import the backend class that `mmserve.registry` names for the spec and load the model
+    (blocks)."""
+    target = entry(spec.kind, spec.backend).implementation
+    if target is None:
+        raise ConfigError(f"backend {spec.backend!r} runs no code of mmserve's in a worker")
+    backend: Backend = import_object(target)(spec)
     return backend

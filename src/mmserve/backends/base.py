@@ -9,15 +9,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmserve.catalog import resolve_source
-from mmserve.engine.types import (
+from mmserve.errors import UnsupportedCapability
+from mmserve.types import (
     ChatRequest,
     CompletionRequest,
     EmbedRequest,
     EmbedResult,
     TextEvent,
+    WorkerInfo,
 )
-from mmserve.errors import UnsupportedCapability
-from mmserve.workers.protocol import WorkerInfo
 
 __all__ = ["Backend", "BackendSpec", "Cancelled"]
 

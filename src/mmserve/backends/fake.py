@@ -1,8 +1,10 @@
 """A deterministic fake model: product code for fast engine tests, never a real model's stand-in.
 
 Chat answers "You said: <last user message>" word by word; completion continues the prompt with
-numbered words; embeddings are stable pseudo-random unit vectors of the text's hash. Options
-(`options:` in the model spec): `delay` seconds per token, `dimensions`, `load_delay`.
+numbered words; embeddings are stable pseudo-random unit vectors of the text's hash, and token
+id i is the word "word<i>" (so the token array [1, 2] embeds as "word1 word2"). Options
+(`options:` in the model spec): `delay` seconds per token, `dimensions`, `load_delay`,
+`vocabulary` (ids a token array may use, default 1000).
 A message or prompt that is exactly "crash" makes the process exit mid-request, and "boom"
 raises inside the backend, so tests can drive the failure paths.
 """
@@ -17,7 +19,9 @@ from collections.abc import Iterator
 import numpy as np
 
 from mmserve.backends.base import Backend, BackendSpec, Cancelled
-from mmserve.engine.types import (
+from mmserve.backends.tokens import check_vocabulary, split_inputs
+from mmserve.errors import ContextLengthExceeded
+from mmserve.types import (
     ChatRequest,
     CompletionRequest,
     EmbedRequest,
@@ -27,9 +31,8 @@ from mmserve.engine.types import (
     TextDelta,
     TextDone,
     TextEvent,
+    WorkerInfo,
 )
-from mmserve.errors import ContextLengthExceeded
-from mmserve.workers.protocol import WorkerInfo
 
 __all__ = ["FakeBackend"]
 
@@ -39,6 +42,7 @@ class FakeBackend(Backend):
         self.spec = spec
         self.delay = float(spec.options.get("delay", 0.0))
         self.dimensions = int(spec.options.get("dimensions", 8))
+        self.vocabulary = int(spec.options.get("vocabulary", 1000))
         time.sleep(float(spec.options.get("load_delay", 0.0)))
         if spec.options.get("fail_load"):
             raise RuntimeError(str(spec.options["fail_load"]))
@@ -65,8 +69,13 @@ class FakeBackend(Backend):
         )
 
     def embed(self, request: EmbedRequest) -> EmbedResult:
-        vectors = [self._vector(text) for text in request.inputs]
-        counts = [len(t.split()) for t in request.inputs]
+        _, arrays = split_inputs(request.inputs)
+        check_vocabulary(list(arrays.values()), self.vocabulary, self.spec.name)
+        texts = [
+            x if isinstance(x, str) else " ".join(f"word{i}" for i in x) for x in request.inputs
+        ]
+        vectors = [self._vector(text) for text in texts]
+        counts = [len(t.split()) for t in texts]
         return EmbedResult(vectors=vectors, prompt_tokens=sum(counts), input_tokens=counts)
 
     def _generate(

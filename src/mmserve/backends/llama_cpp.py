@@ -14,12 +14,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import llama_cpp
+import numpy as np
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
 from mmserve.backends.base import Backend, BackendSpec, Cancelled
 from mmserve.backends.text import StopMatcher
-from mmserve.engine.types import (
+from mmserve.backends.tokens import SpecialTokens, check_vocabulary, split_inputs
+from mmserve.errors import ContextLengthExceeded, InvalidRequest
+from mmserve.types import (
     ChatRequest,
     CompletionRequest,
     EmbedRequest,
@@ -29,9 +32,8 @@ from mmserve.engine.types import (
     TextDelta,
     TextDone,
     TextEvent,
+    WorkerInfo,
 )
-from mmserve.errors import ContextLengthExceeded, InvalidRequest
-from mmserve.workers.protocol import WorkerInfo
 
 __all__ = ["LlamaCppBackend"]
 
@@ -57,6 +59,9 @@ class LlamaCppBackend(Backend):
         self.eos_text = self._special_text(self.llm.token_eos())
         self.formatter = self._chat_formatter()
         self._json_grammar: LlamaGrammar | None = None
+        self.special = SpecialTokens.around(
+            self.llm.tokenize(b"a", add_bos=False), self.llm.tokenize(b"a", add_bos=True)
+        )
 
     def _special_text(self, token: int) -> str:
         return (
@@ -111,9 +116,39 @@ class LlamaCppBackend(Backend):
         return self._generate(tokens, request.sampling, request.sampling.stop, cancelled)
 
     def embed(self, request: EmbedRequest) -> EmbedResult:
-        vectors = self.llm.embed(request.inputs, normalize=True, truncate=True)
-        counts = [len(self.llm.tokenize(t.encode(), add_bos=True)) for t in request.inputs]
-        return EmbedResult(vectors=vectors, prompt_tokens=sum(counts), input_tokens=counts)
+        """Texts through `Llama.embed`; token arrays from their ids (see
+        mmserve.backends.tokens), which give the vector of their text."""
+        texts, arrays = split_inputs(request.inputs)
+        check_vocabulary(list(arrays.values()), self.llm.n_vocab(), self.spec.name)
+        found: dict[int, tuple[list[float], int]] = {}
+        if texts:
+            found |= zip(texts, self._embed_texts(list(texts.values())), strict=True)
+        for index, ids in arrays.items():
+            found[index] = self._embed_ids(ids)
+        vectors, counts = zip(*(found[i] for i in range(len(request.inputs))), strict=True)
+        return EmbedResult(
+            vectors=list(vectors), prompt_tokens=sum(counts), input_tokens=list(counts)
+        )
+
+    def _embed_texts(self, texts: list[str]) -> list[tuple[list[float], int]]:
+        vectors = self.llm.embed(texts, normalize=True, truncate=True)
+        counts = [len(self.llm.tokenize(t.encode(), add_bos=True)) for t in texts]
+        return list(zip(vectors, counts, strict=True))
+
+    def _embed_ids(self, ids: list[int]) -> tuple[list[float], int]:
+        """What `Llama.embed` does with one text's tokens (it takes text only): one sequence,
+        wrapped in the model's special tokens and cut to n_batch as it cuts a text."""
+        tokens = self.special.wrap(ids, self.llm.n_batch)
+        # No public API embeds tokens: its internals, untyped, as `embed` itself uses them.
+        batch: Any = self.llm._batch
+        context: Any = self.llm._ctx
+        batch.reset()
+        batch.add_sequence(tokens, 0, True)
+        context.kv_cache_clear()
+        context.decode(batch)
+        batch.reset()
+        vector = np.array(llama_cpp.llama_get_embeddings_seq(context.ctx, 0)[: self.llm.n_embd()])
+        return (vector / np.linalg.norm(vector)).tolist(), len(tokens)
 
     def _generate(
         self, prompt: list[int], sampling: Sampling, stops: list[str], cancelled: Cancelled

@@ -8,8 +8,8 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from mmserve.backends.base import Backend, BackendSpec
-from mmserve.engine.types import EmbedRequest, EmbedResult
-from mmserve.workers.protocol import WorkerInfo
+from mmserve.backends.tokens import SpecialTokens, check_vocabulary, split_inputs
+from mmserve.types import EmbedRequest, EmbedResult, WorkerInfo
 
 __all__ = ["SentenceTransformersBackend"]
 
@@ -25,6 +25,10 @@ class SentenceTransformersBackend(Backend):
         self.model = SentenceTransformer(
             str(spec.path()), device=device, local_files_only=True, **options
         )
+        tokenizer = self.model.tokenizer
+        self.special = SpecialTokens.around(
+            tokenizer("a", add_special_tokens=False)["input_ids"], tokenizer("a")["input_ids"]
+        )
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(
@@ -34,10 +38,32 @@ class SentenceTransformersBackend(Backend):
         )
 
     def embed(self, request: EmbedRequest) -> EmbedResult:
+        """Texts through `encode`; token arrays through the same modules, from their ids (see
+        mmserve.backends.tokens): both give the same vector for the same text."""
+        texts, arrays = split_inputs(request.inputs)
+        check_vocabulary(list(arrays.values()), len(self.model.tokenizer), self.spec.name)
+        found: dict[int, tuple[list[float], int]] = {}
         with torch.inference_mode():
-            vectors = self.model.encode(
-                request.inputs, batch_size=self.batch_size, convert_to_numpy=True
-            )
-        features = self.model.tokenize(request.inputs)
-        counts = [int(n) for n in features["attention_mask"].sum(dim=1)]
-        return EmbedResult(vectors=vectors.tolist(), prompt_tokens=sum(counts), input_tokens=counts)
+            if texts:
+                found |= zip(texts, self._embed_texts(list(texts.values())), strict=True)
+            if arrays:
+                found |= zip(arrays, self._embed_ids(list(arrays.values())), strict=True)
+        vectors, counts = zip(*(found[i] for i in range(len(request.inputs))), strict=True)
+        return EmbedResult(
+            vectors=list(vectors), prompt_tokens=sum(counts), input_tokens=list(counts)
+        )
+
+    def _embed_texts(self, texts: list[str]) -> list[tuple[list[float], int]]:
+        vectors = self.model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True)
+        counts = self.model.preprocess(texts)["attention_mask"].sum(dim=1).tolist()
+        return list(zip(vectors.tolist(), counts, strict=True))
+
+    def _embed_ids(self, arrays: list[list[int]]) -> list[tuple[list[float], int]]:
+        """The model's modules (transformer, pooling, normalization) on the ids, each wrapped
+        in the special tokens and cut to max_seq_length, as `encode` does with a text."""
+        limit = self.model.max_seq_length or self.model.tokenizer.model_max_length
+        sequences = [self.special.wrap(ids, limit) for ids in arrays]
+        features = self.model.tokenizer.pad({"input_ids": sequences}, return_tensors="pt")
+        features = {key: value.to(self.model.device) for key, value in features.items()}
+        vectors = self.model(features)["sentence_embedding"].cpu().numpy()
+        return list(zip(vectors.tolist(), map(len, sequences), strict=True))

@@ -3,7 +3,12 @@
 Each `Model` owns its own lifecycle (see `engine.model`). The manager owns what spans models:
 registering them (from the config, or at runtime), and making room for a load under
 `max_loaded_models` and `max_memory` by evicting idle models, least recently used first. The
-policy is the pure function `engine.eviction.plan_eviction`; this module carries it out.
+policy is the pure function `engine.eviction.plan_eviction`; this module carries it out, by
+sending the victims an unload command (their actors do the work).
+
+It is the API's one way into the engine: each request method leases a replica of the model for
+a capability and calls that capability's method of the `Replica` protocol (a kind that lacks it
+raises UnsupportedCapability); status comes back as typed snapshots (`engine.status`).
 """
 
 from __future__ import annotations
@@ -12,16 +17,24 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator
-from typing import Any, TypeVar
+from typing import Any
 
 from mmserve.config import ModelSpec, Settings
+from mmserve.engine.devices import check_device
 from mmserve.engine.eviction import Resident, plan_eviction
-from mmserve.engine.inprocess import InProcessReplica, VisionItem
 from mmserve.engine.model import Model, ModelState
-from mmserve.engine.remote import RemoteReplica
-from mmserve.engine.replicas import ProcessReplica, Replica, TextOp
+from mmserve.engine.status import ModelStatus, ServerStatus
 from mmserve.engine.telemetry import NullTelemetry, Telemetry, count_tokens
-from mmserve.engine.types import (
+from mmserve.errors import (
+    Conflict,
+    InvalidRequest,
+    MMServeError,
+    ModelNotFound,
+    ModelUnavailable,
+)
+from mmserve.logs import ModelLog
+from mmserve.replicas.base import TextOp
+from mmserve.types import (
     Capability,
     ChatRequest,
     CompletionRequest,
@@ -30,27 +43,12 @@ from mmserve.engine.types import (
     TextDelta,
     TextDone,
     TextEvent,
-)
-from mmserve.errors import (
-    BackendError,
-    Conflict,
-    InvalidRequest,
-    MMServeError,
-    ModelNotFound,
-    ModelUnavailable,
+    VisionItem,
 )
 
 __all__ = ["ModelManager", "ModelState"]
 
 MB = 2**20
-R = TypeVar("R", bound=Replica)
-
-
-def _of(replica: Replica, kind: type[R]) -> R:
-    """The replica as the kind a route expects (the routes pick by the model's kind)."""
-    if not isinstance(replica, kind):
-        raise BackendError(f"this route cannot use a {type(replica).__name__}")
-    return replica
 
 
 class ModelManager:
@@ -91,7 +89,7 @@ class ModelManager:
     async def unregister(self, name: str) -> None:
         """Unload a model and forget it (its names become free)."""
         model = self.get(name)
-        await model.unload()
+        await model.close()
         del self.models[model.spec.name]
         for alias in model.spec.names:
             self._by_name.pop(alias, None)
@@ -106,6 +104,38 @@ class ModelManager:
                 f"the model {name!r} does not exist; available models: {known}"
             ) from None
 
+    # ---- management: each returns the model's status afterwards -----------------------------
+
+    async def load(self, name: str) -> ModelStatus:
+        """Load model `name` if no replica runs; otherwise nothing."""
+        model = self.get(name)
+        await model.ensure_ready()
+        return model.status()
+
+    async def unload(self, name: str) -> ModelStatus:
+        model = self.get(name)
+        await model.unload()
+        return model.status()
+
+    async def add_replica(self, name: str, device: str) -> ModelStatus:
+        check_device(device)
+        model = self.get(name)
+        await model.add_replica(device)
+        return model.status()
+
+    async def remove_replica(self, name: str) -> ModelStatus:
+        model = self.get(name)
+        await model.remove_replica()
+        return model.status()
+
+    def model_status(self, name: str) -> ModelStatus:
+        return self.get(name).status()
+
+    def log_of(self, name: str) -> ModelLog:
+        return self.get(name).log
+
+    # ---- requests ------------------------------------------------------------------------------
+
     async def generate(
         self, name: str, op: TextOp, request: ChatRequest | CompletionRequest
     ) -> AsyncGenerator[TextEvent, None]:
@@ -114,7 +144,7 @@ class ModelManager:
         request = request.model_copy(update={"sampling": model.check_sampling(request.sampling)})
         started, first = time.monotonic(), True
         async with model.lease(op) as replica:
-            events = _of(replica, ProcessReplica).generate(op, request)
+            events = replica.generate(op, request)
             async with contextlib.aclosing(events):
                 async for event in events:
                     if first and isinstance(event, TextDelta):
@@ -137,7 +167,7 @@ class ModelManager:
                     f"model {name!r} gives {replica.info.dimensions} dimensions, not {dimensions}",
                     param="dimensions",
                 )
-            result = await _of(replica, ProcessReplica).embed(request)
+            result = await replica.embed(request)
         self.telemetry.embedded(model.spec.name, len(request.inputs))
         count_tokens(result.prompt_tokens)
         return result
@@ -146,24 +176,23 @@ class ModelManager:
         """A model's own operation, JSON in and out: a program's `call` op, or a JSON endpoint."""
         model = self.get(name)
         async with model.lease("call") as replica:
-            if isinstance(replica, RemoteReplica):
-                return await replica.post("", body)
-            return await _of(replica, ProcessReplica).call(body)
+            return await replica.call(body)
 
     async def see(self, name: str, item: VisionItem) -> list[dict[str, Any]]:
         """Run vision model `name` on the images of one request: one result per image."""
         model = self.get(name)
         model.check_inputs(len(item.images))
         async with model.lease("vision") as replica:
-            return await _of(replica, InProcessReplica).run(item)
+            return await replica.see(item)
 
     async def relay(
         self, name: str, capability: Capability, path: str, body: dict[str, Any]
     ) -> Any:
-        """Send an OpenAI request as it came to a remote model (kind http); its JSON answer."""
+        """Pass an OpenAI request on as it came, to a model that relays; its JSON answer."""
         model = self.get(name)
-        async with model.lease(capability) as replica:
-            answer = await _of(replica, RemoteReplica).post(path, body)
+        model.check(capability)
+        async with model.lease("relay") as replica:
+            answer = await replica.relay(path, body)
         usage = answer.get("usage") if isinstance(answer, dict) else None
         if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
             count_tokens(usage["total_tokens"])
@@ -174,15 +203,22 @@ class ModelManager:
     ) -> AsyncGenerator[bytes, None]:
         """Like `relay`, for a stream: the upstream's bytes as they arrive."""
         model = self.get(name)
+        model.check(capability)
         started, first = time.monotonic(), True
-        async with model.lease(capability) as replica:
-            chunks = _of(replica, RemoteReplica).stream(path, body)
+        async with model.lease("relay") as replica:
+            chunks = replica.relay_stream(path, body)
             async with contextlib.aclosing(chunks):
                 async for chunk in chunks:
                     if first:
                         self.telemetry.first_token(model.spec.name, time.monotonic() - started)
                         first = False
                     yield chunk
+
+    def log_request(self, name: str, route: str, status: int, seconds: float, tokens: int) -> None:
+        """One answered request, into its model's log (the API's request hook)."""
+        model = self._by_name.get(name)
+        if model is not None:  # unregistered meanwhile: nothing to log into
+            model.log.request(route, status, seconds, tokens)
 
     # ---- start and stop ----------------------------------------------------------------------
 
@@ -203,7 +239,7 @@ class ModelManager:
     async def stop(self) -> None:
         for task in list(self._background):
             task.cancel()
-        await asyncio.gather(*(m.unload() for m in self.models.values()))
+        await asyncio.gather(*(m.close() for m in self.models.values()))
 
     @staticmethod
     async def _preload(model: Model) -> None:
@@ -283,13 +319,13 @@ class ModelManager:
 
     # ---- status ------------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> ServerStatus:
         loaded = [m for m in self.models.values() if m.state is not ModelState.UNLOADED]
-        return {
-            "loaded_models": len([m for m in loaded if m.resident]),
-            "max_loaded_models": self.settings.max_loaded_models,
-            "resident_bytes": sum(m.resident_bytes() for m in loaded),
-            "max_memory": self.settings.max_memory,
-            "evictions": self.evictions,
-            "models": [m.status() for m in self.models.values()],
-        }
+        return ServerStatus(
+            loaded_models=len([m for m in loaded if m.resident]),
+            max_loaded_models=self.settings.max_loaded_models,
+            resident_bytes=sum(m.resident_bytes() for m in loaded),
+            max_memory=self.settings.max_memory,
+            evictions=self.evictions,
+            models=[m.status() for m in self.models.values()],
+        )

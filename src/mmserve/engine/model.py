@@ -1,44 +1,58 @@
-"""One model: its spec, its replicas, and its lifecycle. The model owns its state.
+"""One model: its spec, its replicas, and its lifecycle, owned by the model's own task.
 
-Callers use `lease()` (or `ensure_ready()`), never `state`, to decide anything.
+**One owner.** Every change of `state` and of the replica list happens in a command handled by
+the model's actor task, one command at a time, in the order they were sent. Routes, timers and
+crash callbacks never change either: they send a command (`_ask` awaits its outcome, `_tell`
+does not) and the actor carries it out. A command that finds the world changed under it (a
+restart due for a generation that was unloaded since) is a no-op: `generation` counts unloads.
 
-    state       entered when                          a request (ensure_ready) ...
-    unloaded    at start; after an unload             starts one load and waits for it
-    loading     a load runs (room first, then the     waits for that same load (or restart)
-                replicas' processes); or the last
-                replica crashed and one restarts
-    ready       every replica of the load is up       is served at once
-    failed      the last load failed                  gets 503 with the reason; loads again
-                                                      after RETRY_FAILED_AFTER seconds
-    unloading   an unload drains, then stops the      waits for it to end, then loads afresh
-                replicas
+    command            sent by        state before    does                      state after
+    load(devices)      request,       unloaded,       room, then one replica    ready; failed;
+                       preload, add   failed (retry   per device (all or none)  unloaded (no
+                                      after 10 s)                               room)
+                                      ready           nothing                   ready
+    unload             route,         ready, or       generation += 1; drain    unloaded
+                       eviction,      loading with    (drain_timeout), then
+                       keep-alive     a restart due   stop every replica
+                                      failed          forget the failure        unloaded
+    add(device)        route          ready, or a     one more replica          ready
+                                      restart due
+                                      otherwise       load([device])            as load
+    remove             route          ready, > 1      drain, stop least busy    ready
+                                      ready, 1        unload                    unloaded
+    exited(replica)    the worker     ready           drop it; restart(device,  ready, or
+                                                      generation) after the     loading (none
+                                                      backoff                   left)
+    restart(dev, g)    a timer        ready/loading   a new replica, unless g   ready, or failed
+                                                      is not the generation     (none left)
+    expired(epoch, g)  a timer        ready, idle     unload, unless a request  unloaded
+                                                      came since it was armed
 
-Only one lifecycle task (a load, an unload or a restart) runs at a time: `_task`. A crashed
-replica among others restarts in the background while the rest serve. Everything here runs on
-the event loop's thread, so plain attributes need no lock; the points where a request could race
-a transition are marked.
+Requests never wait on the actor when the model is ready: `lease()` takes a slot at once (or
+queues in `Admission`). A request that finds the model not ready sends `load` and waits for
+its outcome; while a restart is due it waits for the state to change instead.
+
+Everything here runs on the event loop's thread, so plain attributes need no lock: only the
+actor writes, and it does so between awaits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 from mmserve.catalog import catalog_entry, is_catalog_source
 from mmserve.config import ModelSpec, Settings
 from mmserve.engine.devices import check_device
-from mmserve.engine.inprocess import InProcessReplica
-from mmserve.engine.logs import ModelLog
-from mmserve.engine.remote import RemoteReplica
-from mmserve.engine.replicas import ProcessReplica, Replica
 from mmserve.engine.scheduler import Admission
+from mmserve.engine.status import ModelStatus
 from mmserve.engine.telemetry import Telemetry
-from mmserve.engine.types import Capability, Sampling
 from mmserve.errors import (
     Conflict,
     InvalidRequest,
@@ -46,15 +60,18 @@ from mmserve.errors import (
     ModelUnavailable,
     UnsupportedCapability,
 )
+from mmserve.logs import ModelLog
+from mmserve.registry import KNOWN_CAPABILITIES, Entry, entry, import_object
+from mmserve.replicas.base import Replica, ReplicaHooks
+from mmserve.types import Capability, Sampling
 
-__all__ = ["KNOWN_CAPABILITIES", "Model", "ModelState", "estimate_bytes"]
+__all__ = ["Model", "ModelState", "estimate_bytes"]
 
 RETRY_FAILED_AFTER = 10.0
 BASE_BACKOFF = 0.5  # seconds before the first restart of a crashed replica; doubles each time
 MAX_BACKOFF = 60.0
 STABLE_AFTER = 60.0  # a replica that ran this long before crashing resets the backoff
 LOG_TAIL = 20  # lines of the model's log shown in its status
-KNOWN_CAPABILITIES: tuple[Capability, ...] = ("chat", "complete", "embed", "call", "vision")
 # What a replica process costs beyond its weights (Python, the engine, buffers): a rough guess
 # used only before a model has been loaded once; after that its measured size is used.
 PROCESS_OVERHEAD = 150 * 2**20
@@ -62,7 +79,8 @@ PROCESS_OVERHEAD = 150 * 2**20
 _WHAT = {"chat": "chat (/v1/chat/completions)", "complete": "text completion (/v1/completions)",
          "embed": "embeddings (/v1/embeddings)",
          "call": "its own calls (/api/v1/{model}/call)",
-         "vision": "images (image_url parts, or /api/v1/{model}/call with image)"}  # fmt: skip
+         "vision": "images (image_url parts, or /api/v1/{model}/call with image)",
+         "relay": "relayed OpenAI requests"}  # fmt: skip
 
 MakeRoom = Callable[["Model"], Awaitable[None]]
 
@@ -75,8 +93,17 @@ class ModelState(StrEnum):
     UNLOADING = "unloading"
 
 
+@dataclass
+class _Command:
+    """One lifecycle step for the actor; `outcome` is None when nobody awaits it."""
+
+    name: str
+    run: Callable[[], Awaitable[None]]
+    outcome: asyncio.Future[None] | None = field(default=None)
+
+
 class Model:
-    """A configured model and its replicas (see the module doc for its states)."""
+    """A configured model and its replicas (see the module doc for its commands and states)."""
 
     def __init__(
         self,
@@ -87,35 +114,49 @@ class Model:
         make_room: MakeRoom,
         on_change: Callable[[], None],
     ) -> None:
+        assert spec.backend is not None  # ModelSpec fills it in
         self.spec = spec
+        self.entry: Entry = entry(spec.kind, spec.backend, spec.managed)
         self.settings = settings
         self.telemetry = telemetry
         self.load_timeout = settings.load_timeout
         self.drain_timeout = settings.drain_timeout
         self._make_room = make_room
         self._on_change = on_change  # told when requests end or memory is freed (room waiters)
+        # Written by the actor only (see the module doc).
         self.state = ModelState.UNLOADED
         self.replicas: list[Replica] = []
-        self.in_flight = 0
+        self.starting: list[Replica] = []  # being started by the command under way
+        self.generation = 0
         self.loads = 0
+        self.crashes = 0  # consecutive: reset once a replica has run for STABLE_AFTER seconds
+        self.restarts = 0
         self.last_error: str | None = None
+        self._failed_at = 0.0
+        self._replica_bytes: int | None = None  # one replica's memory, measured at its unload
+        # Written by requests (lease) on the loop's thread.
+        self.in_flight = 0
         self.last_used: float = 0.0
+        self._epoch = 0  # leases begun: a keep-alive timer armed before the last one is stale
+        self._expiry: asyncio.TimerHandle | None = None
+        self._watchers: list[asyncio.Future[None]] = []  # woken when `state` changes
+        self._inbox: asyncio.Queue[_Command] = asyncio.Queue()
+        self._actor: asyncio.Task[None] | None = None
+        self._closed = False
         log_file = settings.log_dir / f"{spec.name}.log" if settings.log_dir else None
         self.log = ModelLog(spec.name, settings.log_capacity, log_file)
-        self._replica_bytes: int | None = None  # one replica's memory, measured at its last unload
-        self._failed_at = 0.0
-        self._task: asyncio.Task[None] | None = None
-        self._expiry: asyncio.Task[None] | None = None
         self.admission = Admission(
             spec.name,
             concurrency=spec.max_concurrency,
             max_queue=spec.max_queue,
             queue_timeout=spec.queue_timeout,
         )
-        self.crashes = 0  # consecutive: reset once a replica has run for STABLE_AFTER seconds
-        self.restarts = 0
 
     # ---- what callers ask --------------------------------------------------------------------
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
 
     @property
     def ready(self) -> bool:
@@ -127,21 +168,24 @@ class Model:
         return self.in_flight > 0 or self.state in (ModelState.LOADING, ModelState.UNLOADING)
 
     @property
-    def remote(self) -> bool:
-        """Served by another server (kind http): holds no memory here, takes no room."""
-        return self.spec.kind == "http"
-
-    @property
     def resident(self) -> bool:
-        """Holds (or is about to hold) memory: counts against max_loaded_models."""
+        """Holds (or is about to hold) memory here: counts against max_loaded_models."""
         active = (ModelState.LOADING, ModelState.READY, ModelState.UNLOADING)
-        return self.state in active and not self.remote
+        return self.state in active and self.entry.holds_memory
 
     @property
     def capabilities(self) -> list[Capability]:
-        """What the loaded model announced, limited to what this server knows how to route."""
-        announced = self.replicas[0].info.capabilities if self.replicas else []
-        return [c for c in KNOWN_CAPABILITIES if c in announced]
+        """What the model serves: what its kind offers (mmserve.registry), narrowed to what the
+        loaded model announced."""
+        offered = self.entry.capabilities
+        if self.replicas:
+            announced = set(self.replicas[0].info.capabilities)
+            offered = frozenset(c for c in offered if c in announced)
+        return [c for c in KNOWN_CAPABILITIES if c in offered]
+
+    def can(self, capability: Capability) -> bool:
+        """Whether the model serves `capability` (known before it loads, for its kind)."""
+        return capability in self.capabilities
 
     def resident_bytes(self) -> int:
         return sum(r.resident_bytes() or 0 for r in self.replicas)
@@ -163,9 +207,12 @@ class Model:
         neither evicted nor unloaded for idleness, and a drain waits for it.
         """
         await self.ensure_ready()
-        self._check(capability)
+        # No await between ensure_ready's last look at the state and joining the queue: a
+        # waiter only ever joins a ready model, and every way out of ready fails or serves it.
+        self.check(capability)
         replica = await self.admission.acquire(self._live_replicas)
         self.in_flight += 1
+        self._epoch += 1
         self._cancel_expiry()
         started = time.monotonic()
         try:
@@ -181,25 +228,17 @@ class Model:
     async def ensure_ready(self) -> None:
         """Return once the model can serve; load it if needed (one load, however many callers).
 
-        Raises ModelUnavailable with the reason when the load fails or finds no room.
+        Raises ModelUnavailable with the reason when the load fails or finds no room. Returns
+        without yielding to the loop when the model is already ready.
         """
-        if self.state is ModelState.UNLOADING and self._task is not None:
-            await asyncio.shield(self._task)  # let the unload finish, then load afresh
         if self.ready:
             return
-        recently = time.monotonic() - self._failed_at < RETRY_FAILED_AFTER
-        if self.state is ModelState.FAILED and recently:
-            raise self._unavailable()
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._load(self.spec.devices))
-        # shield: a caller that gives up (its client left) must not cancel the load others await.
-        await asyncio.shield(self._task)
+        if self.state is ModelState.LOADING:
+            await self._state_change()  # someone's load, or a crashed replica's restart
+        else:
+            await self._ask("load", functools.partial(self._load, self.spec.devices))
         if not self.ready:
             raise self._unavailable()
-
-    def _unavailable(self) -> ModelUnavailable:
-        # Every recorded reason is a whole sentence that names the model.
-        return ModelUnavailable(self.last_error or f"model {self.spec.name!r} is not available")
 
     def check_sampling(self, sampling: Sampling) -> Sampling:
         """The sampling to run: the max_tokens asked, within the model's cap (a 400 above it);
@@ -223,81 +262,134 @@ class Model:
                 param="input",
             )
 
-    def _check(self, capability: Capability) -> None:
-        if capability not in self.capabilities:
-            can = ", ".join(_WHAT[c] for c in self.capabilities) or "nothing"
+    def check(self, capability: Capability) -> None:
+        """UnsupportedCapability (a 400) unless the model serves `capability`."""
+        if not self.can(capability):
+            can = ", ".join(_WHAT[c] for c in self.capabilities if c != "relay") or "nothing"
             raise UnsupportedCapability(
                 f"model {self.spec.name!r} does not support {_WHAT[capability]}; it serves: {can}"
             )
 
+    def _unavailable(self) -> ModelUnavailable:
+        # Every recorded reason is a whole sentence that names the model.
+        return ModelUnavailable(self.last_error or f"model {self.spec.name!r} is not available")
+
     def _live_replicas(self) -> list[Replica]:
         return [r for r in self.replicas if r.alive]
 
-    # ---- management --------------------------------------------------------------------------
+    # ---- management: each a command to the actor --------------------------------------------
 
     async def unload(self) -> None:
         """Drain in-flight requests (up to drain_timeout), then stop every replica. Idempotent."""
-        await self._settle()
-        if self.state is ModelState.FAILED:
-            self.state = ModelState.UNLOADED
-        if not self.ready:
-            return
-        self._task = asyncio.create_task(self._unload())
-        await asyncio.shield(self._task)
+        await self._ask("unload", self._unload)
 
     async def add_replica(self, device: str) -> None:
         """One more replica on `device`; if none is loaded, this loads the model there."""
-        if self.spec.kind == "vision" and device != "cpu":
+        if self.entry.in_process and device != "cpu":
             raise InvalidRequest(
                 "vision models run in the server process, on the cpu device only", param="device"
             )
-        await self._settle()
-        if not self.ready:
-            self._task = asyncio.create_task(self._load([device]))
-            await asyncio.shield(self._task)
-            if not self.ready:
-                raise ModelUnavailable(f"model {self.spec.name!r} did not load: {self.last_error}")
-            return
-        replica = self._new_replica(device)
-        await replica.start(self.load_timeout)
-        self.replicas.append(replica)
-        self.log.event(f"replica added: pid {replica.pid} on {device}")
-        self.admission.hand_over(self._live_replicas())
+        await self._ask("add replica", functools.partial(self._add, device))
 
     async def remove_replica(self) -> None:
         """One fewer replica: the least busy, after its in-flight requests finish."""
-        await self._settle()
-        if not self.ready or not self.replicas:
-            raise Conflict(f"model {self.spec.name!r} has no replica to remove")
-        if len(self.replicas) == 1:
-            await self.unload()
+        await self._ask("remove replica", self._remove)
+
+    async def settle(self) -> None:
+        """Wait until every command sent before this call has been handled."""
+
+        async def nothing() -> None:
+            pass
+
+        await self._ask("settle", nothing)
+
+    async def close(self) -> None:
+        """Unload, then end the actor (the server is stopping). No command runs after this."""
+        await self.unload()
+        self._closed = True
+        if self._actor is not None:
+            self._actor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._actor
+            self._actor = None
+
+    # ---- the actor ---------------------------------------------------------------------------
+
+    async def _ask(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Send a command and wait for its outcome (its exception, if it raised).
+
+        A caller that is cancelled (its client left) stops waiting; the command still runs,
+        since others may be waiting for the same load.
+        """
+        outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._send(_Command(name, run, outcome))
+        await asyncio.shield(outcome)
+
+    def _tell(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Send a command nobody waits for (from a timer or a crash callback)."""
+        self._send(_Command(name, run))
+
+    def _send(self, command: _Command) -> None:
+        if self._closed:  # the server is stopping: a late timer or crash changes nothing
+            if command.outcome is not None:
+                command.outcome.set_exception(self._unavailable())
             return
-        replica = min(self.replicas, key=lambda r: r.in_flight)
-        self.replicas.remove(replica)  # no new requests reach it from here on
-        await replica.drain(self.drain_timeout)
-        await replica.stop()
-        self.log.event(f"replica removed: pid {replica.pid}")
-        self._on_change()
+        self._inbox.put_nowait(command)
+        if self._actor is None or self._actor.done():
+            self._actor = asyncio.get_running_loop().create_task(
+                self._run(), name=f"model {self.spec.name}"
+            )
 
-    async def _settle(self) -> None:
-        """Wait for a running load or unload to end (its errors are its callers')."""
-        if self._task is not None and not self._task.done():
-            with contextlib.suppress(MMServeError):
-                await asyncio.shield(self._task)
+    async def _run(self) -> None:
+        """Handle commands one at a time, for the life of the model."""
+        while True:
+            command = await self._inbox.get()
+            try:
+                await command.run()
+            except Exception as exc:  # the command's outcome: its caller's error
+                if command.outcome is None:
+                    self.log.event(f"{command.name} failed: {exc}")
+                elif not command.outcome.done():
+                    command.outcome.set_exception(exc)
+                    command.outcome.exception()  # retrieved: a caller that left is no error
+            else:
+                if command.outcome is not None and not command.outcome.done():
+                    command.outcome.set_result(None)
 
-    # ---- transitions (run as `_task`) --------------------------------------------------------
+    def _set_state(self, state: ModelState) -> None:
+        self.state = state
+        watchers, self._watchers = self._watchers, []
+        for watcher in watchers:
+            if not watcher.done():
+                watcher.set_result(None)
+
+    async def _state_change(self) -> None:
+        watcher: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._watchers.append(watcher)
+        await watcher
+
+    @property
+    def _restart_due(self) -> bool:
+        return self.state is ModelState.LOADING and not self.replicas
+
+    # ---- command handlers (run by the actor only) --------------------------------------------
 
     async def _load(self, devices: list[str]) -> None:
-        self.state = ModelState.LOADING
+        if self.ready or self._restart_due:
+            return
+        recently = time.monotonic() - self._failed_at < RETRY_FAILED_AFTER
+        if self.state is ModelState.FAILED and recently:
+            raise self._unavailable()
+        self._set_state(ModelState.LOADING)
         self.loads += 1
         try:
-            if not self.remote:
+            if self.entry.holds_memory:
                 await self._make_room(self)
         except ModelUnavailable as exc:  # no room: nothing was started, nothing to undo
-            self.state = ModelState.UNLOADED
             self.last_error = exc.message
             self.log.event(exc.message)
-            return
+            self._set_state(ModelState.UNLOADED)
+            raise
         try:
             for device in devices:
                 check_device(device)
@@ -306,24 +398,33 @@ class Model:
             return
         self.log.event(f"loading on {', '.join(devices)}")
         replicas = [self._new_replica(d) for d in devices]
-        started = [r.start(self.load_timeout) for r in replicas]
-        results = await asyncio.gather(*started, return_exceptions=True)
-        errors = [e for e in results if isinstance(e, BaseException)]
-        if errors:
-            await asyncio.gather(*(r.stop() for r in replicas))
-            self._fail(str(errors[0]))
-            return
+        self.starting = replicas
+        try:
+            started = [r.start(self.load_timeout) for r in replicas]
+            results = await asyncio.gather(*started, return_exceptions=True)
+            errors = [e for e in results if isinstance(e, BaseException)]
+            if errors:
+                await asyncio.gather(*(r.stop() for r in replicas))
+                self._fail(str(errors[0]))
+                return
+        finally:
+            self.starting = []
         self.replicas = replicas
-        self.state = ModelState.READY
         self.last_used = time.time()
+        self._set_state(ModelState.READY)
         for replica in replicas:
             self.telemetry.loaded(self.spec.name, replica.load_seconds or 0.0)
         self.log.event(f"ready: pids {', '.join(str(r.pid) for r in replicas)}")
         self._arm_expiry()
 
     async def _unload(self) -> None:
-        self.state = ModelState.UNLOADING
+        self.generation += 1  # restarts and timers of the old generation become no-ops
         self._cancel_expiry()
+        if self.state is ModelState.FAILED:
+            self._set_state(ModelState.UNLOADED)
+        if self.state is ModelState.UNLOADED:
+            return
+        self._set_state(ModelState.UNLOADING)
         if self.replicas:
             self._replica_bytes = self.resident_bytes() // len(self.replicas) or self._replica_bytes
         replicas, self.replicas = self.replicas, []
@@ -334,63 +435,63 @@ class Model:
         if not all(drained):
             self.log.event(f"requests still running after {self.drain_timeout:.0f} s: stopping")
         await asyncio.gather(*(r.stop() for r in replicas))
-        self.state = ModelState.UNLOADED
+        self._set_state(ModelState.UNLOADED)
         self.log.event("unloaded")
         self._on_change()
 
-    def _new_replica(self, device: str) -> Replica:
-        if self.remote:
-            return RemoteReplica(self.spec, device, self.log)
-        if self.spec.kind == "vision":
-            return InProcessReplica(self.spec, device, self.log, self._batched)
-        return ProcessReplica(
-            self.spec,
-            device,
-            self.log,
-            self._on_replica_exit,
-            heartbeat=(self.settings.ping_interval, self.settings.ping_timeout),
-            on_batch=self._batched,
-        )
+    async def _add(self, device: str) -> None:
+        if not self.ready and not self._restart_due:
+            await self._load([device])
+            if not self.ready:
+                raise ModelUnavailable(f"model {self.spec.name!r} did not load: {self.last_error}")
+            return
+        replica = await self._start_one(device)
+        self.replicas.append(replica)
+        self._set_state(ModelState.READY)
+        self.log.event(f"replica added: pid {replica.pid} on {device}")
+        self.admission.hand_over(self._live_replicas())
 
-    def _batched(self, size: int) -> None:
-        self.telemetry.batched(self.spec.name, size)
-
-    def _fail(self, reason: str) -> None:
-        self.state = ModelState.FAILED
-        self.last_error = reason
-        self._failed_at = time.monotonic()
-        self.log.event(f"failed: {reason}")
+    async def _remove(self) -> None:
+        if not self.ready or not self.replicas:
+            raise Conflict(f"model {self.spec.name!r} has no replica to remove")
+        if len(self.replicas) == 1:
+            await self._unload()
+            return
+        replica = min(self.replicas, key=lambda r: r.in_flight)
+        self.replicas.remove(replica)  # no new requests reach it from here on
+        await replica.drain(self.drain_timeout)
+        await replica.stop()
+        self.log.event(f"replica removed: pid {replica.pid}")
         self._on_change()
 
-    def _on_replica_exit(self, replica: ProcessReplica) -> None:
-        """A replica's process exited on its own: drop it, and restart one in its place after
-        an exponential backoff. Requests it was running have already failed (WorkerCrashed)."""
-        if replica.worker.stopping or replica not in self.replicas:
-            return
+    async def _exited(self, replica: Replica) -> None:
+        """A replica's process exited on its own: drop it, and have one restarted in its place
+        after an exponential backoff. Requests it ran have already failed (WorkerCrashed)."""
+        if replica not in self.replicas:
+            return  # stopped by us, or already handled
         self.replicas.remove(replica)
         uptime = time.time() - (replica.loaded_at or time.time())
         self.crashes = 1 if uptime > STABLE_AFTER else self.crashes + 1
-        code = replica.worker.returncode
         self.last_error = (
-            f"model {self.spec.name!r}: replica pid {replica.pid} exited with code {code}"
+            f"model {self.spec.name!r}: replica pid {replica.pid} exited{_exit_code(replica)}"
         )
         delay = min(MAX_BACKOFF, BASE_BACKOFF * 2 ** (self.crashes - 1))
         self.log.event(f"crashed: {self.last_error}; restarting in {delay:g} s")
         if not self.replicas:
-            self.state = ModelState.LOADING  # requests wait for the restart
             self._cancel_expiry()
-        restart = asyncio.create_task(self._restart(replica.device, delay))
-        if self._task is None or self._task.done():
-            self._task = restart  # with no replica left, ensure_ready() waits for this one
+            self._set_state(ModelState.LOADING)  # requests wait for the restart
+        restart = functools.partial(self._restart, replica.device, self.generation)
+        asyncio.get_running_loop().call_later(delay, self._tell, "restart", restart)
         self._on_change()
 
-    async def _restart(self, device: str, delay: float) -> None:
-        await asyncio.sleep(delay)
-        if self.state not in (ModelState.READY, ModelState.LOADING):
-            return  # unloaded meanwhile: nothing to restart
-        replica = self._new_replica(device)
+    async def _restart(self, device: str, generation: int) -> None:
+        if generation != self.generation or self.state not in (
+            ModelState.READY,
+            ModelState.LOADING,
+        ):
+            return  # unloaded since the crash: nothing to restart
         try:
-            await replica.start(self.load_timeout)
+            replica = await self._start_one(device)
         except MMServeError as exc:
             if not self.replicas:
                 self._fail(f"restart failed: {exc.message}")
@@ -401,10 +502,50 @@ class Model:
         self.restarts += 1
         self.telemetry.restarted(self.spec.name)
         self.replicas.append(replica)
-        self.state = ModelState.READY
+        self._set_state(ModelState.READY)
         self.log.event(f"restarted: pid {replica.pid} on {device}")
         self.admission.hand_over(self._live_replicas())
         self._arm_expiry()
+
+    async def _expired(self, epoch: int, generation: int) -> None:
+        stale = epoch != self._epoch or generation != self.generation
+        if stale or self.in_flight > 0 or not self.ready:
+            return
+        self.log.event(f"idle for {self.spec.keep_alive:g} s (keep_alive): unloading")
+        await self._unload()
+
+    async def _start_one(self, device: str) -> Replica:
+        """A new replica on `device`, started (stopped again if its start fails)."""
+        replica = self._new_replica(device)
+        self.starting = [replica]
+        try:
+            await replica.start(self.load_timeout)
+        except BaseException:
+            await replica.stop()
+            raise
+        finally:
+            self.starting = []
+        return replica
+
+    def _new_replica(self, device: str) -> Replica:
+        hooks = ReplicaHooks(
+            log=self.log,
+            on_exit=lambda r: self._tell("replica exited", functools.partial(self._exited, r)),
+            on_batch=self._batched,
+            heartbeat=(self.settings.ping_interval, self.settings.ping_timeout),
+        )
+        replica: Replica = import_object(self.entry.replica)(self.spec, device, hooks)
+        return replica
+
+    def _batched(self, size: int) -> None:
+        self.telemetry.batched(self.spec.name, size)
+
+    def _fail(self, reason: str) -> None:
+        self.last_error = reason
+        self._failed_at = time.monotonic()
+        self.log.event(f"failed: {reason}")
+        self._set_state(ModelState.FAILED)
+        self._on_change()
 
     # ---- idle unload (keep_alive) ------------------------------------------------------------
 
@@ -412,42 +553,44 @@ class Model:
         """(Re)start the keep-alive countdown once the model is idle; -1 means never."""
         self._cancel_expiry()
         if self.spec.keep_alive >= 0 and self.in_flight == 0 and self.ready:
-            self._expiry = asyncio.create_task(self._expire(self.spec.keep_alive))
+            expired = functools.partial(self._expired, self._epoch, self.generation)
+            self._expiry = asyncio.get_running_loop().call_later(
+                self.spec.keep_alive, self._tell, "keep-alive expired", expired
+            )
 
     def _cancel_expiry(self) -> None:
-        # The expiry task itself calls unload(), which comes back here: never cancel oneself.
-        if self._expiry is not None and self._expiry is not asyncio.current_task():
+        if self._expiry is not None:
             self._expiry.cancel()
         self._expiry = None
 
-    async def _expire(self, delay: float) -> None:
-        await asyncio.sleep(delay)
-        if self.in_flight == 0 and self.ready:
-            self.log.event(f"idle for {delay:g} s (keep_alive): unloading")
-            await self.unload()
-
     # ---- status ------------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "name": self.spec.name,
-            "aliases": self.spec.aliases,
-            "kind": self.spec.kind,
-            "backend": self.spec.backend,
-            "state": self.state.value,
-            "capabilities": self.capabilities,
-            "in_flight": self.in_flight,
-            "waiting": self.admission.waiting,
-            "restarts": self.restarts,
-            "loads": self.loads,
-            "pinned": self.spec.pinned,
-            "keep_alive": self.spec.keep_alive,
-            "last_error": self.last_error,
-            "log": self.log.tail(LOG_TAIL),
-            "last_used": self.last_used or None,
-            "resident_bytes": self.resident_bytes(),
-            "replicas": [r.status() for r in self.replicas],
-        }
+    def status(self) -> ModelStatus:
+        return ModelStatus(
+            name=self.spec.name,
+            aliases=self.spec.aliases,
+            kind=self.spec.kind,
+            backend=self.spec.backend,
+            state=self.state.value,
+            capabilities=self.capabilities,
+            in_flight=self.in_flight,
+            waiting=self.admission.waiting,
+            restarts=self.restarts,
+            loads=self.loads,
+            pinned=self.spec.pinned,
+            keep_alive=self.spec.keep_alive,
+            last_error=self.last_error,
+            log=self.log.tail(LOG_TAIL),
+            last_used=self.last_used or None,
+            resident_bytes=self.resident_bytes(),
+            replicas=[r.status() for r in self.replicas],
+            starting=[r.status() for r in self.starting],
+        )
+
+
+def _exit_code(replica: Replica) -> str:
+    code = replica.returncode
+    return f" with code {code}" if code is not None else ""
 
 
 def estimate_bytes(spec: ModelSpec) -> int:

@@ -3,7 +3,7 @@ images a request sends.
 
     images    request image (data URL, base64, http(s) URL) -> PIL RGB image, with limits
     fetch     remote image fetch (only when the operator allows it)
-    base      VisionModel contract, VISION_BACKENDS registry, load_vision_model
+    base      VisionModel contract, load_vision_model
     ocr       rapidocr backend (task "ocr")
     classify  efficientnet_lite0 backend (task "classify", ImageNet-1k)
     nsfw      open_nsfw backend (task "classify", moderation)
@@ -15,7 +15,6 @@ is imported when a model of that backend loads.
 from __future__ import annotations
 
 from mmserve.vision.base import (
-    VISION_BACKENDS,
     VisionModel,
     VisionTask,
     default_threads,
@@ -25,7 +24,6 @@ from mmserve.vision.images import ACCEPTED_FORMATS, ImageLimits, decode_image, l
 
 __all__ = [
     "ACCEPTED_FORMATS",
-    "VISION_BACKENDS",
     "ImageLimits",
     "VisionModel",
     "VisionTask",

@@ -23,8 +23,8 @@ from typing import IO
 from pydantic import BaseModel, ValidationError
 
 from mmserve.backends import Backend, BackendSpec, create_backend
-from mmserve.engine.types import ChatRequest, CompletionRequest, EmbedRequest, TextDelta, TextEvent
 from mmserve.errors import MMServeError
+from mmserve.types import ChatRequest, CompletionRequest, EmbedRequest, TextDelta, TextEvent
 from mmserve.workers.protocol import (
     Chunk,
     ErrorInfo,

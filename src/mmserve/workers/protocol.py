@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from mmserve.types import WorkerInfo
+
 __all__ = [
     "PROTOCOL_VERSION",
     "Chunk",
@@ -44,16 +46,6 @@ class Request(_Message):
     op: Op
     id: str | None = None
     body: dict[str, Any] = Field(default_factory=dict)
-
-
-class WorkerInfo(_Message):
-    """What a loaded model can do, sent once in `ready`."""
-
-    # Plain strings on the wire: a newer child may announce capabilities this parent does not
-    # know; the parent serves only those it knows (see `Capability`).
-    capabilities: list[str] = Field(default_factory=list)
-    context_length: int | None = None
-    dimensions: int | None = None
 
 
 class Ready(_Message):

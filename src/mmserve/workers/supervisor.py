@@ -25,8 +25,8 @@ from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
 
 from mmserve.backends.base import BackendSpec
-from mmserve.engine.logs import ModelLog
 from mmserve.errors import InvalidRequest, MMServeError, ModelUnavailable, WorkerCrashed, from_kind
+from mmserve.logs import ModelLog
 from mmserve.workers.main import PARENT_PID_ENV
 from mmserve.workers.protocol import (
     PROTOCOL_VERSION,

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from mmserve.backends.base import BackendSpec
-from mmserve.engine.types import (
+from mmserve.errors import ContextLengthExceeded, InvalidRequest
+from mmserve.types import (
     ChatMessage,
     ChatRequest,
     CompletionRequest,
@@ -18,7 +19,6 @@ from mmserve.engine.types import (
     TextDone,
     TextEvent,
 )
-from mmserve.errors import ContextLengthExceeded
 
 pytestmark = pytest.mark.slow
 
@@ -120,11 +120,15 @@ def test_gemma_base_model_completes_but_cannot_chat() -> None:
     assert "Paris" in text or "paris" in text.lower() or done.completion_tokens == 8
 
 
-def test_gguf_embeddings() -> None:
+@pytest.fixture(scope="module")
+def embedder() -> llama_cpp_backend.LlamaCppBackend:
     spec = BackendSpec(
         name="e", kind="embedding", backend="llama_cpp", source="catalog:smollm2", threads=2
     )
-    embedder = llama_cpp_backend.LlamaCppBackend(spec)
+    return llama_cpp_backend.LlamaCppBackend(spec)
+
+
+def test_gguf_embeddings(embedder: llama_cpp_backend.LlamaCppBackend) -> None:
     info = embedder.info()
     assert info.capabilities == ["embed"] and info.dimensions == 576
     result = embedder.embed(EmbedRequest(inputs=["a cat", "a cat", "stock prices"]))
@@ -132,3 +136,17 @@ def test_gguf_embeddings() -> None:
     assert vectors.shape == (3, 576) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
     assert np.allclose(vectors[0], vectors[1]) and not np.allclose(vectors[0], vectors[2])
     assert result.prompt_tokens >= 5
+
+
+def test_gguf_token_arrays_embed_as_their_text(
+    embedder: llama_cpp_backend.LlamaCppBackend,
+) -> None:
+    texts = ["hello world", "a cat"]
+    ids = [embedder.llm.tokenize(t.encode(), add_bos=False) for t in texts]
+    assert ids[0] == [28120, 905]  # SmolLM2's own ids for "hello world"
+    by_text = embedder.embed(EmbedRequest(inputs=texts))
+    by_ids = embedder.embed(EmbedRequest(inputs=[ids[0], texts[1]]))
+    assert np.allclose(by_ids.vectors, by_text.vectors, atol=1e-5)
+    assert by_ids.input_tokens == by_text.input_tokens
+    with pytest.raises(InvalidRequest, match=r"token 49152 is not in the vocabulary"):
+        embedder.embed(EmbedRequest(inputs=[[49152]]))

@@ -7,8 +7,8 @@ import pytest
 from mmserve.config import ModelSpec, Settings
 from mmserve.engine.model import Model
 from mmserve.engine.telemetry import NullTelemetry
-from mmserve.engine.types import Sampling
 from mmserve.errors import InvalidRequest
+from mmserve.types import Sampling
 
 
 async def no_room(_: Model) -> None:

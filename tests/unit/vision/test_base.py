@@ -9,15 +9,15 @@ import pytest
 
 import mmserve.vision
 from mmserve.errors import ConfigError
-from mmserve.vision import VISION_BACKENDS, default_threads, load_vision_model
-from mmserve.vision.base import threads_option, top_labels
+from mmserve.registry import Entry, backends_of, vision_threads
+from mmserve.vision import default_threads, load_vision_model
+from mmserve.vision.base import top_labels
 from mmserve.vision.labels import imagenet_labels
 
 
 def test_public_api_is_pinned() -> None:
     assert mmserve.vision.__all__ == [
         "ACCEPTED_FORMATS",
-        "VISION_BACKENDS",
         "ImageLimits",
         "VisionModel",
         "VisionTask",
@@ -26,7 +26,7 @@ def test_public_api_is_pinned() -> None:
         "load_image",
         "load_vision_model",
     ]
-    assert sorted(VISION_BACKENDS) == ["efficientnet_lite0", "open_nsfw", "rapidocr"]
+    assert backends_of("vision") == ["efficientnet_lite0", "open_nsfw", "rapidocr"]
 
 
 def test_importing_vision_does_not_import_a_runtime() -> None:
@@ -40,11 +40,13 @@ def test_importing_vision_does_not_import_a_runtime() -> None:
 
 
 def test_an_unknown_backend_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"unknown vision backend 'clip'; known: efficientnet"):
+    with pytest.raises(
+        ConfigError, match=r"kind 'vision' has no backend 'clip'; known: efficientnet"
+    ):
         load_vision_model("clip", {})
 
 
-@pytest.mark.parametrize("backend", sorted(VISION_BACKENDS))
+@pytest.mark.parametrize("backend", backends_of("vision"))
 def test_unknown_options_are_refused_before_loading(backend: str) -> None:
     with pytest.raises(ConfigError, match=r"unknown options \['thread'\]"):
         load_vision_model(backend, {"thread": 2})
@@ -53,12 +55,12 @@ def test_unknown_options_are_refused_before_loading(backend: str) -> None:
 @pytest.mark.parametrize("threads", [0, -1, 1.5, "2", True])
 def test_threads_must_be_a_positive_integer(threads: object) -> None:
     with pytest.raises(ConfigError, match="threads must be an integer >= 1"):
-        threads_option({"threads": threads}, "rapidocr")
+        vision_threads({"threads": threads}, "rapidocr")
 
 
 def test_threads_default_to_half_the_cores() -> None:
-    assert threads_option({}, "rapidocr") == default_threads() >= 1
-    assert threads_option({"threads": 3}, "rapidocr") == 3
+    assert vision_threads({}, "rapidocr") == default_threads() >= 1
+    assert vision_threads({"threads": 3}, "rapidocr") == 3
 
 
 def test_top_labels_are_best_first_and_top_k_is_clamped() -> None:
@@ -90,6 +92,10 @@ def test_the_imagenet_labels_ship_with_the_package() -> None:
 def test_a_backend_whose_packages_are_missing_is_a_config_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setitem(VISION_BACKENDS, "ghost", "mmserve.vision.no_such_module:Ghost")
-    with pytest.raises(ConfigError, match=r"needs the models extra.*no_such_module"):
+    ghost = Entry(
+        "vision", "ghost", "x:Y", "mmserve.vision.ghost:Ghost", frozenset(), ("no_such_module",),
+        "models",
+    )  # fmt: skip
+    monkeypatch.setattr("mmserve.vision.base.entry", lambda kind, backend: ghost)
+    with pytest.raises(ConfigError, match=r"needs no_such_module.*pip install 'mmserve\[models\]'"):
         load_vision_model("ghost", {})

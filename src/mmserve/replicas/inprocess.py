@@ -15,55 +15,37 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import psutil
-from PIL.Image import Image
 
 from mmserve.config import ModelSpec
-from mmserve.engine.batcher import Batcher
-from mmserve.engine.logs import ModelLog
-from mmserve.engine.replicas import Replica
 from mmserve.errors import ModelUnavailable
+from mmserve.replicas.base import Replica, ReplicaHooks
+from mmserve.replicas.batcher import Batcher
+from mmserve.types import VisionItem, WorkerInfo
 from mmserve.vision import VisionModel, load_vision_model
-from mmserve.workers.protocol import WorkerInfo
 
-__all__ = ["InProcessReplica", "VisionItem"]
+__all__ = ["InProcessReplica"]
 
 # One pool for every vision replica: at most one batch per replica runs at a time, so this
 # bounds how many run at once across models.
 _POOL = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="vision")
 
 
-@dataclass(frozen=True)
-class VisionItem:
-    """One request: its decoded images, and how many labels it wants per image."""
-
-    images: list[Image]
-    top_k: int = 5
-
-
 class InProcessReplica(Replica):
-    def __init__(
-        self,
-        spec: ModelSpec,
-        device: str,
-        log: ModelLog,
-        on_batch: Callable[[int], None] | None = None,
-    ) -> None:
+    def __init__(self, spec: ModelSpec, device: str, hooks: ReplicaHooks) -> None:
         super().__init__(device)
         self.spec = spec
-        self._log = log
+        self._log = hooks.log
         self._model: VisionModel | None = None
         self._bytes: int | None = None
         self.batcher = Batcher(
             self._run_batch,
             max_batch_size=spec.max_batch_size,
             max_wait=spec.batch_wait,
-            on_batch=on_batch,
+            on_batch=hooks.on_batch,
         )
 
     @property
@@ -104,10 +86,10 @@ class InProcessReplica(Replica):
     def resident_bytes(self) -> int | None:
         return self._bytes if self._model is not None else None
 
-    def status(self) -> dict[str, object]:
-        return {**super().status(), "task": self.task, "batches": self.batcher.stats.to_json()}
+    def _details(self) -> dict[str, Any]:
+        return {"task": self.task, "batches": self.batcher.stats.to_json()}
 
-    async def run(self, item: VisionItem) -> list[dict[str, Any]]:
+    async def see(self, item: VisionItem) -> list[dict[str, Any]]:
         """One result per image of `item`, in order (batched with concurrent requests)."""
         return await self.batcher.submit(item)
 

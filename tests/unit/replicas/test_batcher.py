@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from mmserve.engine.batcher import Batcher
 from mmserve.errors import InvalidRequest, ModelUnavailable
+from mmserve.replicas.batcher import Batcher
 
 
 class Engine:

@@ -1,23 +1,21 @@
-"""Replicas: one running copy of a model. `Replica` holds what every kind shares (requests in
-flight, draining, status); `ProcessReplica` is a child process on one device (llm, embedding,
-subprocess). A remote server is `engine.remote.RemoteReplica`."""
+"""ProcessReplica: a child process on one device (llm, embedding, subprocess), spoken to with
+the worker protocol (see `workers.supervisor`)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-import time
-from collections.abc import AsyncGenerator, Callable
-from typing import Any, Literal
+from collections.abc import AsyncGenerator
+from typing import Any
 
 import psutil
 
 from mmserve.backends.base import BackendSpec
 from mmserve.config import ModelSpec
-from mmserve.engine.batcher import Batcher
-from mmserve.engine.logs import ModelLog
-from mmserve.engine.types import (
+from mmserve.errors import BackendError
+from mmserve.replicas.base import Replica, ReplicaHooks, TextOp
+from mmserve.replicas.batcher import Batcher
+from mmserve.types import (
     ChatRequest,
     CompletionRequest,
     EmbedRequest,
@@ -25,12 +23,12 @@ from mmserve.engine.types import (
     TextDelta,
     TextDone,
     TextEvent,
+    WorkerInfo,
 )
-from mmserve.errors import BackendError
-from mmserve.workers.protocol import Chunk, Result, WorkerInfo
+from mmserve.workers.protocol import Chunk, Result
 from mmserve.workers.supervisor import WorkerProcess
 
-__all__ = ["ProcessReplica", "Replica", "backend_spec"]
+__all__ = ["ProcessReplica", "backend_spec", "default_threads"]
 
 
 def _spread(total: int, count: int) -> list[int]:
@@ -38,9 +36,6 @@ def _spread(total: int, count: int) -> list[int]:
     does not count each input's tokens)."""
     share, extra = divmod(total, count)
     return [share + (i < extra) for i in range(count)]
-
-
-TextOp = Literal["chat", "complete"]
 
 
 def default_threads() -> int:
@@ -66,109 +61,25 @@ def backend_spec(spec: ModelSpec, device: str) -> BackendSpec:
     )
 
 
-class Replica:
-    """What every replica kind shares: the count of requests in flight, and waiting for it.
-
-    `in_flight` counts requests leased to it and not yet finished (see `Model.lease`); the model
-    reads it to pick the least busy replica and to drain before a stop. Only the event loop's
-    thread touches it, so it needs no lock. Subclasses start, stop and serve.
-    """
-
-    def __init__(self, device: str) -> None:
-        self.device = device
-        self.in_flight = 0
-        self.requests_served = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self.loaded_at: float | None = None
-        self.load_seconds: float | None = None
-
-    @property
-    def info(self) -> WorkerInfo:
-        """What the loaded model can do (valid once started)."""
-        raise NotImplementedError
-
-    @property
-    def pid(self) -> int | None:
-        return None
-
-    @property
-    def alive(self) -> bool:
-        return self.loaded_at is not None
-
-    async def start(self, timeout: float) -> None:
-        started = time.monotonic()
-        await self._start(timeout)
-        self.load_seconds = time.monotonic() - started
-        self.loaded_at = time.time()
-
-    async def _start(self, timeout: float) -> None:
-        raise NotImplementedError
-
-    async def stop(self) -> None:
-        raise NotImplementedError
-
-    def resident_bytes(self) -> int | None:
-        return None
-
-    def status(self) -> dict[str, object]:
-        return {
-            "pid": self.pid,
-            "device": self.device,
-            "in_flight": self.in_flight,
-            "requests_served": self.requests_served,
-            "resident_bytes": self.resident_bytes(),
-            "loaded_at": self.loaded_at,
-            "load_seconds": self.load_seconds,
-        }
-
-    def acquire(self) -> None:
-        """Count one more request; the model's lease calls this and `release`."""
-        self.in_flight += 1
-        self._idle.clear()
-
-    def release(self) -> None:
-        self.in_flight -= 1
-        self.requests_served += 1
-        if self.in_flight == 0:
-            self._idle.set()
-
-    async def drain(self, timeout: float) -> bool:
-        """Wait until no request is in flight (at most `timeout` s); True if it drained."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
-
-
 class ProcessReplica(Replica):
     """One replica of an llm, embedding or subprocess model: its own child process on one
     device, spoken to with the worker protocol."""
 
-    def __init__(
-        self,
-        spec: ModelSpec,
-        device: str,
-        log: ModelLog,
-        on_exit: Callable[[ProcessReplica], None],
-        heartbeat: tuple[float, float] | None = None,
-        on_batch: Callable[[int], None] | None = None,
-    ) -> None:
+    def __init__(self, spec: ModelSpec, device: str, hooks: ReplicaHooks) -> None:
         super().__init__(device)
-        # Concurrent embedding requests become one `embed` op (see engine.batcher).
+        # Concurrent embedding requests become one `embed` op (see replicas.batcher).
         self.embedder = Batcher(
             self._embed_batch,
             max_batch_size=spec.max_batch_size,
             max_wait=spec.batch_wait,
-            on_batch=on_batch,
+            on_batch=hooks.on_batch,
         )
         self.worker = WorkerProcess(
             backend_spec(spec, device),
-            log,
-            on_exit=lambda _: on_exit(self),
+            hooks.log,
+            on_exit=lambda _: hooks.on_exit(self),
             command=spec.command,  # a user's program (kind: subprocess), else mmserve's worker
-            heartbeat=heartbeat,
+            heartbeat=hooks.heartbeat,
         )
 
     @property
@@ -183,6 +94,10 @@ class ProcessReplica(Replica):
     def alive(self) -> bool:
         return self.loaded_at is not None and not self.worker.exited.is_set()
 
+    @property
+    def returncode(self) -> int | None:
+        return self.worker.returncode
+
     async def _start(self, timeout: float) -> None:
         await self.worker.start(timeout)
 
@@ -190,8 +105,8 @@ class ProcessReplica(Replica):
         await self.embedder.close("the model was unloaded while the request waited")
         await self.worker.stop()
 
-    def status(self) -> dict[str, object]:
-        return {**super().status(), "batches": self.embedder.stats.to_json()}
+    def _details(self) -> dict[str, Any]:
+        return {"batches": self.embedder.stats.to_json()}
 
     def resident_bytes(self) -> int | None:
         with contextlib.suppress(psutil.Error, TypeError):
@@ -242,7 +157,7 @@ class ProcessReplica(Replica):
                     return EmbedResult.model_validate(reply.data)
         raise BackendError("the worker ended an embedding request without a result")
 
-    async def call(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def call(self, body: dict[str, Any]) -> Any:
         """A program's own operation (`call`): JSON in, JSON out."""
         replies = self.worker.request("call", body)
         async with contextlib.aclosing(replies):

@@ -10,9 +10,10 @@ import httpx
 import pytest
 
 from mmserve.config import ModelSpec
-from mmserve.engine.logs import ModelLog
-from mmserve.engine.remote import RemoteReplica
 from mmserve.errors import UpstreamError, UpstreamRejected, UpstreamTimeout
+from mmserve.logs import ModelLog
+from mmserve.replicas.base import ReplicaHooks
+from mmserve.replicas.remote import RemoteReplica
 
 KEY = "sk-live-abcdef123456"
 
@@ -23,7 +24,9 @@ def spec(**fields: Any) -> ModelSpec:
 
 
 async def replica(handler: Any, **fields: Any) -> RemoteReplica:
-    remote = RemoteReplica(spec(**fields), "cpu", ModelLog("r", 10), httpx.MockTransport(handler))
+    remote = RemoteReplica(
+        spec(**fields), "cpu", ReplicaHooks(ModelLog("r", 10)), httpx.MockTransport(handler)
+    )
     await remote.start(1)
     return remote
 
@@ -36,13 +39,13 @@ async def test_sends_the_key_and_renames_the_model_for_openai() -> None:
         return httpx.Response(200, json={"ok": True})
 
     remote = await replica(handler, upstream_model="big")
-    assert await remote.post("/chat/completions", {"model": "r", "x": 1}) == {"ok": True}
+    assert await remote.relay("/chat/completions", {"model": "r", "x": 1}) == {"ok": True}
     assert seen[0].headers["authorization"] == f"Bearer {KEY}"
     assert json.loads(seen[0].content) == {"model": "big", "x": 1}
     assert seen[0].url.path == "/v1/chat/completions"
 
     json_remote = await replica(handler, backend="json")
-    await json_remote.post("", {"model": "mine"})
+    await json_remote.relay("", {"model": "mine"})
     assert json.loads(seen[1].content) == {"model": "mine"}  # a JSON endpoint's body is its own
     assert json_remote.info.capabilities == ["call"]
 
@@ -58,13 +61,13 @@ async def test_sends_the_key_and_renames_the_model_for_openai() -> None:
 async def test_a_4xx_keeps_its_status_and_message_without_the_key(body: Any, message: str) -> None:
     def handler(_: httpx.Request) -> httpx.Response:
         if isinstance(body, str):
-            return httpx.Response(418, text=body)
-        return httpx.Response(418, json=body)
+            return httpx.Response(404, text=body)
+        return httpx.Response(404, json=body)
 
     remote = await replica(handler)
     with pytest.raises(UpstreamRejected) as rejected:
-        await remote.post("/chat/completions", {})
-    assert rejected.value.status == 418
+        await remote.relay("/chat/completions", {})
+    assert rejected.value.status == 404  # one the relaying routes document: see errors.py
     assert message in rejected.value.message and KEY not in rejected.value.message
 
 
@@ -72,12 +75,12 @@ async def test_5xx_not_json_unreachable_and_timeout() -> None:
     answers = iter([httpx.Response(500, text="oops"), httpx.Response(200, text="<html>")])
     remote = await replica(lambda _: next(answers), base_url="https://u:pw@api.example/v1?t=1")
     with pytest.raises(UpstreamError) as failed:
-        await remote.post("/x", {})
+        await remote.relay("/x", {})
     assert failed.value.status == 502
     # The upstream is named by its address: never its user info or query string.
     assert failed.value.message == "upstream https://api.example/v1 failed with 500: oops"
     with pytest.raises(UpstreamError, match="not JSON"):
-        await remote.post("/x", {})
+        await remote.relay("/x", {})
 
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused", request=request)
@@ -86,10 +89,10 @@ async def test_5xx_not_json_unreachable_and_timeout() -> None:
         raise httpx.ReadTimeout("slow", request=request)
 
     with pytest.raises(UpstreamError, match="is unreachable") as down:
-        await (await replica(refuse)).post("/x", {})
+        await (await replica(refuse)).relay("/x", {})
     assert down.value.status == 502
     with pytest.raises(UpstreamTimeout) as late:
-        await (await replica(hang, timeout=3)).post("/x", {})
+        await (await replica(hang, timeout=3)).relay("/x", {})
     assert late.value.status == 504 and "within 3 s" in late.value.message
 
 
@@ -102,8 +105,8 @@ async def test_a_stream_yields_the_upstreams_bytes_and_checks_its_status() -> No
         return httpx.Response(200, stream=httpx.ByteStream(b"".join(frames)))
 
     remote = await replica(handler)
-    got = b"".join([chunk async for chunk in remote.stream("/c", {})])
+    got = b"".join([chunk async for chunk in remote.relay_stream("/c", {})])
     assert got == b"".join(frames)
     with pytest.raises(UpstreamRejected) as rejected:
-        _ = [chunk async for chunk in remote.stream("/c", {"fail": True})]
+        _ = [chunk async for chunk in remote.relay_stream("/c", {"fail": True})]
     assert rejected.value.status == 400 and rejected.value.param == "fail"

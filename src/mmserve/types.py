@@ -6,9 +6,13 @@ worker pipe as JSON, and arrive typed in the backend.
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:  # pillow is an optional extra: only the vision code imports it
+    from PIL.Image import Image
 
 __all__ = [
     "Capability",
@@ -18,13 +22,17 @@ __all__ = [
     "EmbedRequest",
     "EmbedResult",
     "FinishReason",
+    "ReplicaStatus",
     "Sampling",
     "TextDelta",
     "TextDone",
     "TextEvent",
+    "VisionItem",
+    "WorkerInfo",
 ]
 
-Capability = Literal["chat", "complete", "embed", "call", "vision"]
+# What a model can do; `relay`: OpenAI requests passed on as sent (see mmserve.registry).
+Capability = Literal["chat", "complete", "embed", "call", "vision", "relay"]
 FinishReason = Literal["stop", "length"]
 
 
@@ -65,7 +73,11 @@ class CompletionRequest(_Frozen):
 
 
 class EmbedRequest(_Frozen):
-    inputs: list[str]
+    """Each input is a text, or a token array: ids in the model's own vocabulary, without the
+    special tokens, which the backend adds as the model's tokenizer does (so the ids of a
+    text embed exactly as the text does)."""
+
+    inputs: list[str | list[int]]
 
 
 class TextDelta(_Frozen):
@@ -92,3 +104,43 @@ class EmbedResult(_Frozen):
     prompt_tokens: int
     # Each input's tokens, when the backend tells: a batched call's usage is split by them.
     input_tokens: list[int] | None = None
+
+
+class WorkerInfo(BaseModel):
+    """What a loaded replica can do: a worker sends it once in `ready`; other replica kinds
+    (in-process, remote) make their own."""
+
+    # Unknown fields are ignored so that a newer worker can add some. Plain strings on the
+    # wire: a newer child may announce capabilities this parent does not know; the parent
+    # serves only those it knows (see `Capability`).
+    model_config = ConfigDict(extra="ignore")
+
+    capabilities: list[str] = Field(default_factory=list)
+    context_length: int | None = None
+    dimensions: int | None = None
+
+
+@dataclass(frozen=True)
+class VisionItem:
+    """One vision request: its decoded images, and how many labels it wants per image."""
+
+    images: list[Image]
+    top_k: int = 5
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """One replica as it reports itself; `details` are its kind's own (batches, task...)."""
+
+    pid: int | None
+    device: str
+    in_flight: int
+    requests_served: int
+    resident_bytes: int | None
+    loaded_at: float | None
+    load_seconds: float | None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        body = asdict(self)
+        return {**body, **body.pop("details")}

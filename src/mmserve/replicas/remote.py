@@ -20,14 +20,13 @@ from urllib.parse import urlsplit
 import httpx
 
 from mmserve.config import ModelSpec
-from mmserve.engine.logs import ModelLog
-from mmserve.engine.replicas import Replica
 from mmserve.errors import UpstreamError, UpstreamRejected, UpstreamTimeout
-from mmserve.workers.protocol import WorkerInfo
+from mmserve.replicas.base import Replica, ReplicaHooks
+from mmserve.types import WorkerInfo
 
 __all__ = ["RemoteReplica"]
 
-CAPABILITIES = {"openai": ["chat", "complete", "embed"], "json": ["call"]}
+CAPABILITIES = {"openai": ["chat", "complete", "embed", "relay"], "json": ["call"]}
 MAX_MESSAGE = 500  # characters of an upstream's error text passed on
 
 
@@ -38,7 +37,7 @@ class RemoteReplica(Replica):
         self,
         spec: ModelSpec,
         device: str,
-        log: ModelLog,
+        hooks: ReplicaHooks,
         transport: httpx.AsyncBaseTransport | None = None,  # tests put a MockTransport here
     ) -> None:
         super().__init__(device)
@@ -50,7 +49,7 @@ class RemoteReplica(Replica):
         self._key = spec.api_key.get_secret_value() if spec.api_key else None
         self._timeout = httpx.Timeout(spec.timeout, connect=spec.connect_timeout)
         self._pool = httpx.Limits(max_connections=spec.max_concurrency)
-        self._log = log
+        self._log = hooks.log
         self._client: httpx.AsyncClient | None = None
         self.where = _public_address(self.base_url)
 
@@ -82,7 +81,11 @@ class RemoteReplica(Replica):
 
     # ---- requests ----------------------------------------------------------------------------
 
-    async def post(self, path: str, payload: dict[str, Any]) -> Any:
+    async def call(self, body: dict[str, Any]) -> Any:
+        """Backend json: the call's JSON posted to the endpoint; its JSON answer."""
+        return await self.relay("", body)
+
+    async def relay(self, path: str, payload: dict[str, Any]) -> Any:
         """POST JSON to the upstream (`path` under base_url); its JSON answer."""
         async with self._errors():
             response = await self._http.post(self._url(path), json=self._payload(payload))
@@ -92,7 +95,7 @@ class RemoteReplica(Replica):
         except ValueError:
             raise UpstreamError(f"upstream {self.where} answered with something not JSON") from None
 
-    async def stream(self, path: str, payload: dict[str, Any]) -> AsyncGenerator[bytes, None]:
+    async def relay_stream(self, path: str, payload: dict[str, Any]) -> AsyncGenerator[bytes, None]:
         """POST JSON and yield the answer's bytes as they arrive (a server-sent event stream)."""
         async with (
             self._errors(),

