@@ -69,7 +69,7 @@ def schemathesis_run(url: str) -> list[str]:
 
 
 @pytest.mark.timeout(3600)
-def test_schemathesis_finds_no_failure(fuzz_server) -> None:
+def test_schemathesis_finds_no_failure(fuzz_server, tmp_path: Path) -> None:
     env = {
         **os.environ,
         "SCHEMATHESIS_HOOKS": str(HERE / "fuzz_hooks.py"),
@@ -78,6 +78,7 @@ def test_schemathesis_finds_no_failure(fuzz_server) -> None:
     run = subprocess.run(
         schemathesis_run(fuzz_server.url),
         env=env,
+        cwd=tmp_path,  # where schemathesis keeps its cache (.schemathesis/), not the repository
         capture_output=True,
         text=True,
         check=False,
