@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import httpx
 import yaml
 from pydantic import (
     BaseModel,
@@ -319,8 +320,14 @@ class ModelSpec(_Strict):
             raise ValueError(f"{managed[0]} goes with a command (kind: http)")
         if not self.base_url:
             raise ValueError("kind: http needs base_url (the upstream's URL)")
-        url = urlsplit(fill_placeholders(self.base_url, {"PORT": "1"}))
-        if url.scheme not in ("http", "https") or not url.hostname:
+        filled = fill_placeholders(self.base_url, {"PORT": "1"})
+        try:
+            url = urlsplit(filled)
+            httpx.URL(filled)  # what the relay's client will parse: refuse here what it would
+            good = url.scheme in ("http", "https") and bool(url.hostname)
+        except (ValueError, httpx.InvalidURL):
+            good = False
+        if not good:
             raise ValueError(f"base_url must be an http:// or https:// URL, not {self.base_url!r}")
         if "max_concurrency" not in self.model_fields_set:
             # A gateway's requests wait on the network, not on a local engine: many at once.

@@ -189,6 +189,7 @@ def test_http_models(tmp_path: Path) -> None:
     for bad, message in (
         ("{name: r, kind: http}", "needs base_url"),
         ("{name: r, kind: http, base_url: 'ftp://h'}", "http:// or https://"),
+        ("{name: r, kind: http, base_url: 'http://d:\u00b6'}", "http:// or https://"),
         ("{name: r, kind: http, base_url: 'http://h', backend: llama_cpp}", "openai or json"),
         ("{name: r, kind: http, base_url: 'http://h', source: 'catalog:smollm2'}", "not source"),
         ("{name: r, kind: llm, backend: fake, base_url: 'http://h'}", "base_url goes with"),
