@@ -151,7 +151,7 @@ class Lifecycle(RuleBasedStateMachine):
         shown = set()
         for model in self.manager.models.values():
             status = model.status()
-            shown |= {r["pid"] for r in status["replicas"] + status["starting"]}
+            shown |= {r.pid for r in status.replicas + status.starting}
         assert live_children() <= shown
 
     @invariant()
