@@ -58,6 +58,7 @@ class Lifecycle(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.manager = ModelManager(_settings())
         self.requests: list[asyncio.Task[str]] = []
+        self.settled = True  # no command is under way (false after a request that may load)
 
     def run(self, work: Any, timeout: float = 30.0) -> Any:
         return self.loop.run_until_complete(asyncio.wait_for(work, timeout))
@@ -72,6 +73,7 @@ class Lifecycle(RuleBasedStateMachine):
         self.run(asyncio.sleep(0.05))
         for model in self.manager.models.values():
             self.run(model.settle())
+        self.settled = True
 
     # ---- rules -------------------------------------------------------------------------------
 
@@ -110,6 +112,7 @@ class Lifecycle(RuleBasedStateMachine):
         task = self.loop.create_task(self._chat(name, words, stream))
         self.requests.append(task)
         self.run(asyncio.sleep(0.02))
+        self.settled = False  # its load (and an eviction) may be under way
 
     @precondition(lambda self: any(not t.done() for t in self.requests))
     @rule()
@@ -144,14 +147,14 @@ class Lifecycle(RuleBasedStateMachine):
     def unloaded_models_own_no_process(self) -> None:
         for model in self.manager.models.values():
             if model.state in (ModelState.UNLOADED, ModelState.FAILED):
-                assert model.replicas == [] and model.starting == [], model.status()
+                assert not (model.replicas or model.starting or model.stopping), model.status()
 
     @invariant()
     def every_live_child_is_in_the_status(self) -> None:
         shown = set()
         for model in self.manager.models.values():
             status = model.status()
-            shown |= {r.pid for r in status.replicas + status.starting}
+            shown |= {r.pid for r in status.replicas + status.starting + status.stopping}
         assert live_children() <= shown
 
     @invariant()
@@ -159,6 +162,8 @@ class Lifecycle(RuleBasedStateMachine):
         for model in self.manager.models.values():
             if model.state is ModelState.READY:
                 assert model.replicas, model.status()
+            if not self.settled:
+                continue
             if model.state is ModelState.LOADING:  # between commands: only a restart due
                 assert not model.replicas, model.status()
             assert model.state is not ModelState.UNLOADING  # only inside a command

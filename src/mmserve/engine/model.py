@@ -127,6 +127,7 @@ class Model:
         self.state = ModelState.UNLOADED
         self.replicas: list[Replica] = []
         self.starting: list[Replica] = []  # being started by the command under way
+        self.stopping: list[Replica] = []  # being drained and stopped by it (still processes)
         self.generation = 0
         self.loads = 0
         self.crashes = 0  # consecutive: reset once a replica has run for STABLE_AFTER seconds
@@ -431,10 +432,7 @@ class Model:
         self.admission.fail_waiters(
             ModelUnavailable(f"model {self.spec.name!r} was unloaded while the request waited")
         )
-        drained = await asyncio.gather(*(r.drain(self.drain_timeout) for r in replicas))
-        if not all(drained):
-            self.log.event(f"requests still running after {self.drain_timeout:.0f} s: stopping")
-        await asyncio.gather(*(r.stop() for r in replicas))
+        await self._drain_and_stop(replicas)
         self._set_state(ModelState.UNLOADED)
         self.log.event("unloaded")
         self._on_change()
@@ -459,10 +457,21 @@ class Model:
             return
         replica = min(self.replicas, key=lambda r: r.in_flight)
         self.replicas.remove(replica)  # no new requests reach it from here on
-        await replica.drain(self.drain_timeout)
-        await replica.stop()
+        await self._drain_and_stop([replica])
         self.log.event(f"replica removed: pid {replica.pid}")
         self._on_change()
+
+    async def _drain_and_stop(self, replicas: list[Replica]) -> None:
+        """Let their requests finish (up to drain_timeout), then stop them; shown in the status
+        as `stopping` until their processes are gone."""
+        self.stopping = replicas
+        try:
+            drained = await asyncio.gather(*(r.drain(self.drain_timeout) for r in replicas))
+            if not all(drained):
+                self.log.event(f"requests still running after {self.drain_timeout:.0f} s: stopping")
+            await asyncio.gather(*(r.stop() for r in replicas))
+        finally:
+            self.stopping = []
 
     async def _exited(self, replica: Replica) -> None:
         """A replica's process exited on its own: drop it, and have one restarted in its place
@@ -585,6 +594,7 @@ class Model:
             resident_bytes=self.resident_bytes(),
             replicas=[r.status() for r in self.replicas],
             starting=[r.status() for r in self.starting],
+            stopping=[r.status() for r in self.stopping],
         )
 
 

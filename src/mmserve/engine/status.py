@@ -31,14 +31,12 @@ class ModelStatus:
     resident_bytes: int
     replicas: list[ReplicaStatus]
     starting: list[ReplicaStatus]  # replicas a load or restart is starting now
+    stopping: list[ReplicaStatus]  # replicas an unload or a removal is stopping now
 
     def to_json(self) -> dict[str, Any]:
-        body = {k: v for k, v in vars(self).items() if k not in ("replicas", "starting")}
-        return {
-            **body,
-            "replicas": [r.to_json() for r in self.replicas],
-            "starting": [r.to_json() for r in self.starting],
-        }
+        lists = ("replicas", "starting", "stopping")
+        body = {k: v for k, v in vars(self).items() if k not in lists}
+        return {**body, **{k: [r.to_json() for r in getattr(self, k)] for k in lists}}
 
 
 @dataclass(frozen=True)
