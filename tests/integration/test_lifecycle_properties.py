@@ -28,7 +28,8 @@ from mmserve.engine.model import ModelState
 from mmserve.errors import MMServeError
 from mmserve.types import ChatMessage, ChatRequest, Sampling
 
-pytestmark = pytest.mark.slow
+# 25 examples of 20 steps take 1.5-4 minutes on 2 shared cores: above the suite-wide 300 s cap.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 NAMES = ("a", "b")
 REQUEST_TIMEOUT = 60.0  # far above anything a fake request takes: reaching it is a hang
