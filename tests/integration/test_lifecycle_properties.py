@@ -59,7 +59,6 @@ class Lifecycle(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.manager = ModelManager(_settings())
         self.requests: list[asyncio.Task[str]] = []
-        self.settled = True  # no command is under way (false after a request that may load)
 
     def run(self, work: Any, timeout: float = 30.0) -> Any:
         return self.loop.run_until_complete(asyncio.wait_for(work, timeout))
@@ -74,7 +73,6 @@ class Lifecycle(RuleBasedStateMachine):
         self.run(asyncio.sleep(0.05))
         for model in self.manager.models.values():
             self.run(model.settle())
-        self.settled = True
 
     # ---- rules -------------------------------------------------------------------------------
 
@@ -113,7 +111,6 @@ class Lifecycle(RuleBasedStateMachine):
         task = self.loop.create_task(self._chat(name, words, stream))
         self.requests.append(task)
         self.run(asyncio.sleep(0.02))
-        self.settled = False  # its load (and an eviction) may be under way
 
     @precondition(lambda self: any(not t.done() for t in self.requests))
     @rule()
