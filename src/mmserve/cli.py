@@ -21,6 +21,7 @@ from mmserve.catalog import CATALOG, CATALOG_PREFIX, catalog_entry, pull_command
 from mmserve.config import MissingModels, Settings, load_settings, select_models
 from mmserve.errors import ConfigError
 from mmserve.logformat import configure_logging
+from mmserve.replicas.llama_server import llama_cpp_version
 
 __all__ = ["main"]
 
@@ -30,7 +31,11 @@ LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmserve", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"mmserve {__version__}")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"mmserve {__version__} (llama.cpp {llama_cpp_version() or 'not installed'})",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     _serve_parser(commands.add_parser("serve", help="run the server"))
     client = argparse.ArgumentParser(add_help=False)

@@ -47,6 +47,8 @@ __all__ = [
 Kind = Literal["llm", "embedding", "vision", "http", "subprocess"]
 
 SUBPROCESS = "subprocess"  # the backend name of a user's program (kind: subprocess)
+LLAMA_SERVER = "llama_server"  # the GGUF engine: a llama-server process per replica
+DEFAULT_PARALLEL = 4  # its slots by default
 HTTP_FIELDS = ("base_url", "api_key", "api_key_env", "upstream_model")
 HTTP_CONCURRENCY = 64  # kind http's default max_concurrency
 # Kind http with a command (a managed upstream): what starts and stops its server. Models of one
@@ -84,7 +86,19 @@ class ModelSpec(_Strict):
     gpu_layers: int | None = Field(
         None, ge=-1, description="layers on the GPU (-1: all); default: all on cuda, none on cpu"
     )
-    threads: int | None = Field(None, ge=1, description="CPU threads; default: half the cores")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads; default: every core for llama_server (its slots decode as one "
+        "batch), half the cores for the other engines",
+    )
+    parallel: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="backend llama_server: sequences one replica decodes at once (its slots; "
+        "default 4), each with context_length tokens; also its max_concurrency by default",
+    )
     devices: list[str] = Field(
         default_factory=lambda: ["cpu"],
         min_length=1,
@@ -383,6 +397,14 @@ class ModelSpec(_Strict):
             # Requests in flight feed the batcher, which runs one batch at a time: room for a
             # full batch running and the next one gathering.
             object.__setattr__(self, "max_concurrency", 2 * self.max_batch_size)
+        if backend == LLAMA_SERVER:
+            _llama_server_options(self.options)
+            parallel = self.parallel or DEFAULT_PARALLEL
+            object.__setattr__(self, "parallel", parallel)
+            if "max_concurrency" not in self.model_fields_set:
+                object.__setattr__(self, "max_concurrency", parallel)  # one request per slot
+        elif self.parallel is not None:
+            raise ValueError("parallel goes with backend llama_server (its slots)")
         object.__setattr__(self, "backend", backend)
         object.__setattr__(self, "devices", devices)
         object.__setattr__(self, "replicas", len(devices))
@@ -391,6 +413,16 @@ class ModelSpec(_Strict):
     @property
     def names(self) -> list[str]:
         return [self.name, *self.aliases]
+
+
+def _llama_server_options(options: dict[str, Any]) -> None:
+    """Backend llama_server takes one option: `args`, more llama-server flags (a list)."""
+    unknown = sorted(set(options) - {"args"})
+    if unknown:
+        raise ValueError(f"backend llama_server: unknown options {unknown}; known: args")
+    args = options.get("args", [])
+    if not isinstance(args, list) or not all(isinstance(a, str | int | float) for a in args):
+        raise ValueError("backend llama_server: options.args must be a list of strings")
 
 
 class CatalogNotInstalled(ValueError):

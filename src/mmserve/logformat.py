@@ -49,3 +49,6 @@ def configure_logging(level: str, fmt: str) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
+    # httpx logs every request at INFO: each relayed request and each health poll of a
+    # starting llama-server would be a line. Its warnings still show.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))

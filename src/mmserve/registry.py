@@ -6,6 +6,8 @@ config can check a spec's names (and whether its packages are installed) without
 torch, PIL or llama.cpp; the engine imports the replica class only when a model loads.
 
     kind        backend                 replica      capabilities (at most)
+    llm         llama_server            llama_server chat, complete, relay (chat: if the GGUF
+                                                     has a chat template)
     llm         llama_cpp, fake         process      chat, complete, embed (announced by the model)
     embedding   sentence_transformers,  process      embed
                 llama_cpp, fake
@@ -29,7 +31,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import shutil
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mmserve.errors import ConfigError
@@ -41,6 +46,7 @@ __all__ = [
     "backends_of",
     "default_backend",
     "entry",
+    "find_program",
     "import_object",
     "missing_packages",
     "vision_threads",
@@ -59,6 +65,7 @@ _PROCESS = "mmserve.replicas.process:ProcessReplica"
 _INPROCESS = "mmserve.replicas.inprocess:InProcessReplica"
 _REMOTE = "mmserve.replicas.remote:RemoteReplica"
 _SERVER = "mmserve.replicas.server:ServerReplica"
+_LLAMA_SERVER = "mmserve.replicas.llama_server:LlamaServerReplica"
 _TEXT: frozenset[Capability] = frozenset({"chat", "complete", "embed"})
 _EMBED: frozenset[Capability] = frozenset({"embed"})
 _VISION: frozenset[Capability] = frozenset({"chat", "vision"})
@@ -78,6 +85,7 @@ class Entry:
     packages: tuple[str, ...] = ()  # top-level modules that must be importable
     extra: str | None = None  # the pip extra that brings them
     managed: bool = False  # a server mmserve starts (kind http with a command)
+    programs: tuple[str, ...] = ()  # programs it runs, found by `find_program`
 
     @property
     def in_process(self) -> bool:
@@ -108,6 +116,15 @@ def _vision(backend: str, code: str, *packages: str) -> Entry:
 
 
 _ENTRIES: tuple[Entry, ...] = (
+    # llama.cpp's own server: a program, not a Python package (see replicas.llama_server).
+    Entry(
+        "llm",
+        "llama_server",
+        _LLAMA_SERVER,
+        None,
+        frozenset({"chat", "complete", "relay"}),
+        programs=("llama-server",),
+    ),
     _worker("llm", "llama_cpp", _TEXT, *_LLAMA),
     _worker("llm", "fake", _TEXT),
     _worker("embedding", "sentence_transformers", _EMBED, *_TORCH),
@@ -131,7 +148,7 @@ _ENTRIES: tuple[Entry, ...] = (
 _BY_KEY = {(e.kind, e.backend, e.managed): e for e in _ENTRIES}
 # The backend of a kind whose spec names none.
 _DEFAULT = {
-    "llm": "llama_cpp",
+    "llm": "llama_server",
     "embedding": "sentence_transformers",
     "subprocess": "subprocess",
     "http": "openai",
@@ -162,12 +179,35 @@ def missing_packages(found: Entry) -> str | None:
     Looks the modules up without importing them (find_spec), so it costs milliseconds.
     """
     missing = [p for p in found.packages if importlib.util.find_spec(p) is None]
+    if programs := [p for p in found.programs if find_program(p) is None]:
+        return (
+            f"backend {found.backend!r} needs the program {', '.join(programs)}, which is not "
+            f"installed: `make setup` builds it (scripts/install-llama-cpp VENV puts it in a "
+            f"venv), or set {program_variable(programs[0])} to its path"
+        )
     if not missing:
         return None
     return (
         f"backend {found.backend!r} needs {', '.join(missing)}, which is not installed: "
         f"pip install 'mmserve[{found.extra}]'"
     )
+
+
+def program_variable(name: str) -> str:
+    """The variable that names where program `name` is: MMSERVE_LLAMA_SERVER."""
+    return "MMSERVE_" + name.upper().replace("-", "_")
+
+
+def find_program(name: str) -> Path | None:
+    """Where program `name` is: its variable (`program_variable`), else beside the running
+    Python (a venv's bin/, where the setup puts llama-server), else on PATH; None if nowhere."""
+    if given := os.environ.get(program_variable(name)):
+        return Path(given) if Path(given).exists() else None
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return beside
+    found = shutil.which(name)
+    return Path(found) if found else None
 
 
 def import_object(target: str) -> Any:

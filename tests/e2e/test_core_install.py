@@ -3,6 +3,7 @@ kind http and kind subprocess models, and names the extra a backend needs when i
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import venv
@@ -70,6 +71,19 @@ def test_a_backend_whose_packages_are_missing_names_the_extra(core: Path, tmp_pa
         f"models:\n  - {{name: e, kind: embedding, source: {tmp_path}}}\n"
         "  - {name: o, kind: vision, backend: rapidocr}\n"
     )
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    llm = tmp_path / "llm.yaml"
+    llm.write_text(f"models:\n  - {{name: t, kind: llm, source: {gguf}}}\n")
+    out_llm = subprocess.run(
+        [core / "mmserve", "serve", "--config", str(llm)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "MMSERVE_LLAMA_SERVER"},
+    )
+    assert out_llm.returncode != 0
+    assert "needs the program llama-server" in out_llm.stderr, out_llm.stderr
     out = subprocess.run(
         [core / "mmserve", "serve", "--config", str(config)],
         capture_output=True,

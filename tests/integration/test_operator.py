@@ -122,7 +122,7 @@ def test_a_missing_catalog_model_says_how_to_pull_it(
     ghost = catalog.CatalogEntry(
         "ghost",
         "llm",
-        "llama_cpp",
+        "llama_server",
         "ghost-weights",
         "ghost_weights_module",
         1,

@@ -27,7 +27,7 @@ def test_no_file_serves_the_builtin_models() -> None:
     settings = load_settings(None, env={})
     assert [m.name for m in settings.models] == [m["name"] for m in DEFAULT_MODELS]
     assert {m.backend for m in settings.models} == {
-        "llama_cpp",
+        "llama_server",
         "sentence_transformers",
         "rapidocr",
         "efficientnet_lite0",

@@ -51,7 +51,7 @@ def test_text_parts_are_joined_and_images_refused_for_text_models() -> None:
         {"messages": [{"role": "user", "content": []}]},
         {"messages": [{"role": "assistant", "content": "x", "tool_calls": [{"id": "1"}]}]},
         {"temperature": 3},
-        {"n": 2},
+        {"n": 0},
         {"stop": ["a"] * 17},
         {"tools": [{"type": "function"}]},
         {"max_tokens": 0},

@@ -62,14 +62,21 @@ def error(model: type[BaseModel], body: object) -> InvalidRequest:
         (wire.ChatCompletionRequest, chat(messages=[5]), "'messages[0]' must be an object",
          "messages[0]"),
         # Several bad fields: one message each, in the order of the request model.
-        (wire.ChatCompletionRequest, chat(temperature=3, n=2, stop=7),
-         "'temperature' must be at most 2; 'n' must be 1; "
+        (wire.ChatCompletionRequest, chat(temperature=3, n=0, stop=7),
+         "'temperature' must be at most 2; 'n' must be at least 1; "
          "'stop' must be a string or a list of strings", "temperature"),
         (wire.ChatCompletionRequest, chat(stop=["a"] * 17), "'stop' must have at most 16 items",
          "stop"),
         (wire.ChatCompletionRequest, chat(tools=[{"type": "function"}]), "'tools' is not supported",
          "tools"),
-        (wire.ChatCompletionRequest, chat(logprobs=True), "'logprobs' must be false", "logprobs"),
+        (wire.ChatCompletionRequest, chat(top_logprobs=2), "'top_logprobs' goes with logprobs: "
+         "true", "top_logprobs"),
+        (wire.ChatCompletionRequest, chat(n=129), "'n' must be at most 128", "n"),
+        (wire.CompletionRequest, {"model": "m", "prompt": [[1, 2], "x"]}, "'prompt' must be a "
+         "string, a list of strings, a token array (a list of integers) or a list of token arrays",
+         "prompt"),
+        (wire.CompletionRequest, {"model": "m", "prompt": [[-1]]},
+         "'prompt[0][0]' must be at least 0", "prompt[0][0]"),
         (wire.ChatCompletionRequest, chat(max_tokens="many"), "'max_tokens' must be an integer",
          "max_tokens"),
         (wire.ChatCompletionRequest, [1, 2], "the request body must be a JSON object", None),
@@ -137,8 +144,8 @@ def test_every_field_with_several_forms_says_what_it_accepts(schema: dict[str, A
     [
         ({"max_tokens": True}, "'max_tokens' must be an integer"),
         ({"max_tokens": "5"}, "'max_tokens' must be an integer"),
-        ({"n": True}, "'n' must be 1"),
-        ({"logprobs": 0}, "'logprobs' must be false"),
+        ({"n": True}, "'n' must be an integer"),
+        ({"logprobs": 0}, "'logprobs' must be true or false"),
         ({"stream": 1}, "'stream' must be true or false"),
         ({"temperature": "0.5"}, "'temperature' must be a number"),
     ],

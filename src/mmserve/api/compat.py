@@ -104,7 +104,7 @@ def _spec(name: str, path: Path, body: LoadModelRequest) -> ModelSpec:
     fields: dict[str, Any] = {
         "name": name,
         "kind": body.model_type,
-        "backend": "llama_cpp",
+        "backend": "llama_server",
         "source": str(path),
     }
     if body.ctx_len is not None:

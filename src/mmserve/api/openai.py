@@ -17,6 +17,7 @@ from mmserve.api.cancel import cancel_on_disconnect
 from mmserve.api.sse import event_stream, relayed_stream
 from mmserve.engine.manager import ModelManager
 from mmserve.engine.model import Model
+from mmserve.errors import InvalidRequest
 from mmserve.types import Capability, EmbedRequest, TextEvent
 
 __all__ = ["engines_router", "router"]
@@ -66,6 +67,33 @@ async def prime(items: AsyncIterator[T]) -> AsyncIterator[T]:
     return chain()
 
 
+def refuse_relay_only(
+    model: Model, body: wire.ChatCompletionRequest | wire.CompletionRequest
+) -> None:
+    """A 400 naming the fields only relaying engines serve (llama-server, an upstream), when
+    `model` runs on an engine of our own that does not (one choice, no logprobs, text prompts)."""
+    given = ["n"] if body.n > 1 else []
+    if isinstance(body, wire.ChatCompletionRequest):
+        given += ["logprobs"] if body.logprobs else []
+        given += ["top_logprobs"] if body.top_logprobs is not None else []
+    else:
+        given += ["logprobs"] if body.logprobs is not None else []
+        given += ["prompt"] if any(not isinstance(p, str) for p in body.prompts) else []
+    if given:
+        names = ", ".join(f"'{name}'" for name in given)
+        raise InvalidRequest(
+            f"model {model.spec.name!r} (backend {model.spec.backend}) does not serve {names} "
+            "(n > 1, logprobs and token-array prompts are served by llama-server and relayed "
+            "models)",
+            param=given[0],
+        )
+
+
+def _texts(body: wire.CompletionRequest) -> list[str]:
+    """The prompts as text (refuse_relay_only has refused token arrays)."""
+    return [p for p in body.prompts if isinstance(p, str)]
+
+
 def _complete(
     manager: ModelManager, body: wire.CompletionRequest, prompt: str
 ) -> AsyncIterator[TextEvent]:
@@ -91,6 +119,7 @@ async def answer_chat(
     model = resolve(request, body.model)
     if model.can("relay"):
         return await relay(request, body.model, "chat", "/chat/completions", body.stream)
+    refuse_relay_only(model, body)
     manager = manager_of(request)
     if model.can("vision"):
         events = vision.chat_events(manager, model, body)
@@ -120,11 +149,13 @@ async def answer_completions(
     body: wire.CompletionRequest, request: Request
 ) -> Response | wire.Completion:
     """A completion request answered (the route's work, also the call route's)."""
-    if resolve(request, body.model).can("relay"):
+    model = resolve(request, body.model)
+    if model.can("relay"):
         return await relay(request, body.model, "complete", "/completions", body.stream)
+    refuse_relay_only(model, body)
     manager = manager_of(request)
     if body.stream:
-        streams = [(p, _complete(manager, body, p)) for p in body.prompts]
+        streams = [(p, _complete(manager, body, p)) for p in _texts(body)]
         streams[0] = (streams[0][0], await prime(streams[0][1]))
         return event_stream(
             convert.completion_chunks(streams, body.model, body.include_usage, body.echo)
@@ -134,12 +165,13 @@ async def answer_completions(
 
 async def _complete_all(manager: ModelManager, body: wire.CompletionRequest) -> wire.Completion:
     # One prompt after the other: a request holds one place in the model's queue at a time.
-    results = [await convert.collect(_complete(manager, body, p)) for p in body.prompts]
+    prompts = _texts(body)
+    results = [await convert.collect(_complete(manager, body, p)) for p in prompts]
     choices = [
         wire.CompletionChoice(
             index=i, text=(p if body.echo else "") + text, finish_reason=done.finish_reason
         )
-        for i, (p, (text, done)) in enumerate(zip(body.prompts, results, strict=True))
+        for i, (p, (text, done)) in enumerate(zip(prompts, results, strict=True))
     ]
     prompt_tokens = sum(done.prompt_tokens for _, done in results)
     completion_tokens = sum(done.completion_tokens for _, done in results)

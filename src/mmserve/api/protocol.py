@@ -2,10 +2,12 @@
 
 Requests validate at the edge (a bad field is a 400 naming it, worded by `api.validation`);
 unknown fields are ignored, as most OpenAI-compatible servers do, except those that would
-change the answer and that mmserve does not implement (n > 1, tools, logprobs...), which are
-refused by name. Every constraint the server enforces on a field's own value is declared on the
-field, so the OpenAPI document states it; what depends on the model (its max_tokens cap, its
-context, its vocabulary, what it can do) is checked by the engine.
+change the answer and that mmserve does not implement (tools, suffix...), which are refused by
+name. `n`, logprobs and token-array prompts are served by engines that relay the request to a
+server that has them (llama-server, an upstream); other engines refuse them by name
+(`api.openai.refuse_relay_only`). Every constraint the server enforces on a field's own value
+is declared on the field, so the OpenAPI document states it; what depends on the model (its
+max_tokens cap, its context, its vocabulary, what it can do) is checked by the engine.
 
 Replies have exactly the keys OpenAI's schema gives them: a key the schema makes nullable is
 `null` when empty (`refusal`), one it makes optional is left out (a chunk's `delta.role` after
@@ -24,6 +26,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -208,9 +211,7 @@ class _Sampling(_In):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    n: Annotated[Literal[1], only(1)] = Field(
-        1, description="mmserve returns one choice per prompt"
-    )
+    n: int = Field(1, ge=1, le=128, description="choices per prompt")
     stop: NonEmpty | Annotated[list[NonEmpty], Field(max_length=16)] | None = None
     seed: Seed | None = None
     presence_penalty: float = Field(0.0, ge=-2, le=2)
@@ -233,23 +234,41 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(None, ge=1)
     response_format: ResponseFormat | None = None
     tools: list[Any] | None = Field(None, max_length=0, description="not supported")
-    logprobs: Annotated[Literal[False], only(False)] | None = Field(
-        None, description="not supported"
+    logprobs: bool | None = Field(None, description="the chosen tokens' log probabilities")
+    top_logprobs: int | None = Field(
+        None, ge=0, le=20, description="with logprobs: the N likeliest tokens at each position"
     )
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and not info.data.get("logprobs"):
+            raise ValueError("goes with logprobs: true")
+        return value
 
 
 class CompletionRequest(_Sampling):
     # An empty prompt starts from the model's start token.
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=64)]
+    prompt: (
+        str
+        | Annotated[list[str], Field(min_length=1, max_length=64)]
+        | TokenArray
+        | Annotated[list[TokenArray], Field(min_length=1, max_length=64)]
+    ) = Field(description="text, or token arrays (ids in the model's own vocabulary)")
     max_tokens: int | None = Field(None, ge=1, description="default 16, as OpenAI's")
     echo: bool = False
     suffix: None = Field(None, description="not supported")
-    logprobs: None = Field(None, description="not supported")
+    logprobs: int | None = Field(
+        None, ge=0, le=5, description="the N likeliest tokens' log probabilities at each position"
+    )
     best_of: Annotated[Literal[1], only(1)] | None = None
 
     @property
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+    def prompts(self) -> list[str | list[int]]:
+        """Each prompt: a text, or one token array."""
+        if isinstance(self.prompt, str) or _is_token_array(self.prompt):
+            return [self.prompt]
+        return [item for item in self.prompt if not isinstance(item, int)]
 
 
 class EmbeddingRequest(_In):

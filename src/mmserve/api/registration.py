@@ -99,7 +99,7 @@ def runtime_spec(fields: dict[str, Any], settings: Settings) -> ModelSpec:
             raise PermissionDenied(f"{key} is read only from the config file", param=key)
     source = fields.get("source")
     if isinstance(source, str) and not is_catalog_source(source):
-        gguf = fields.get("backend", "llama_cpp") == "llama_cpp" and fields.get("kind") == "llm"
+        gguf = fields.get("kind") == "llm" and fields.get("backend", "llama_server") != "fake"
         fields["source"] = str(checked_model_path(source, settings.model_dirs, gguf=gguf))
     return wire.parse(ModelSpec, fields)
 

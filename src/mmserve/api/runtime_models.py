@@ -107,9 +107,12 @@ class _Batched(BaseModel):
 
 class LlmModel(_Local):
     kind: Literal["llm"]
-    backend: Literal["llama_cpp", "fake"] = Field("llama_cpp", description="engine")
+    backend: Literal["llama_server", "llama_cpp", "fake"] = Field(
+        "llama_server", description="engine: llama.cpp's server, llama-cpp-python, or fake"
+    )
     source: str = Field(pattern=source_pattern("llm"), description="catalog:NAME or a file")
     context_length: int = spec_field("context_length")
+    parallel: int | None = spec_field("parallel")
     gpu_layers: int | None = spec_field("gpu_layers")
     max_tokens: int | None = spec_field("max_tokens")
 

@@ -31,7 +31,8 @@ __all__ = ["ACCEPTS", "invalid_fields", "json_numbers", "object_body", "parse"]
 ACCEPTS: dict[str, str] = {
     "input": "a string, a list of strings, a token array (a list of integers) or a list of "
     "token arrays",
-    "prompt": "a string or a list of strings",
+    "prompt": "a string, a list of strings, a token array (a list of integers) or a list of "
+    "token arrays",
     "stop": "a string or a list of strings",
     "content": "a string or a list of content parts",
     "command": "a command line or a list of strings (the program and its arguments)",

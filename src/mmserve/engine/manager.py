@@ -24,7 +24,7 @@ from mmserve.engine.devices import check_device
 from mmserve.engine.eviction import Resident, plan_eviction
 from mmserve.engine.model import Model, ModelState
 from mmserve.engine.status import ModelStatus, ServerStatus
-from mmserve.engine.telemetry import NullTelemetry, Telemetry, count_tokens
+from mmserve.engine.telemetry import NullTelemetry, StreamMeter, Telemetry, count_tokens
 from mmserve.errors import (
     Conflict,
     InvalidRequest,
@@ -34,6 +34,7 @@ from mmserve.errors import (
 )
 from mmserve.logs import ModelLog
 from mmserve.replicas.base import TextOp
+from mmserve.replicas.llama_server import llama_cpp_version
 from mmserve.types import (
     Capability,
     ChatRequest,
@@ -191,11 +192,14 @@ class ModelManager:
         """Pass an OpenAI request on as it came, to a model that relays; its JSON answer."""
         model = self.get(name)
         model.check(capability)
+        body = model.check_relayed(body)
         async with model.lease("relay") as replica:
             answer = await replica.relay(path, body)
         usage = answer.get("usage") if isinstance(answer, dict) else None
         if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
             count_tokens(usage["total_tokens"])
+            if isinstance(usage.get("completion_tokens"), int):
+                self.telemetry.generated(model.spec.name, usage["completion_tokens"])
         return answer
 
     async def relay_stream(
@@ -204,15 +208,20 @@ class ModelManager:
         """Like `relay`, for a stream: the upstream's bytes as they arrive."""
         model = self.get(name)
         model.check(capability)
-        started, first = time.monotonic(), True
-        async with model.lease("relay") as replica:
-            chunks = replica.relay_stream(path, body)
-            async with contextlib.aclosing(chunks):
-                async for chunk in chunks:
-                    if first:
-                        self.telemetry.first_token(model.spec.name, time.monotonic() - started)
-                        first = False
-                    yield chunk
+        body = model.check_relayed(body)
+        started, meter = time.monotonic(), StreamMeter()
+        try:
+            async with model.lease("relay") as replica:
+                chunks = replica.relay_stream(path, body)
+                async with contextlib.aclosing(chunks):
+                    async for chunk in chunks:
+                        if meter.feed(chunk):
+                            self.telemetry.first_token(model.spec.name, time.monotonic() - started)
+                        yield chunk
+        finally:  # a stream cut short (a client gone, a crash) still cost what it generated
+            prompt_tokens, completion_tokens = meter.tokens
+            self.telemetry.generated(model.spec.name, completion_tokens)
+            count_tokens(prompt_tokens + completion_tokens)
 
     def log_request(self, name: str, route: str, status: int, seconds: float, tokens: int) -> None:
         """One answered request, into its model's log (the API's request hook)."""
@@ -328,4 +337,5 @@ class ModelManager:
             max_memory=self.settings.max_memory,
             evictions=self.evictions,
             models=[m.status() for m in self.models.values()],
+            engines={"llama.cpp": llama_cpp_version()},
         )

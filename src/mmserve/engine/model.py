@@ -46,6 +46,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from mmserve.catalog import catalog_entry, is_catalog_source
 from mmserve.config import ModelSpec, Settings
@@ -254,6 +255,21 @@ class Model:
             return sampling
         limits = [n for n in (sampling.default_max_tokens, cap) if n is not None]
         return sampling.model_copy(update={"max_tokens": min(limits) if limits else None})
+
+    def check_relayed(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A relayed request's body within the model's max_tokens cap (as check_sampling)."""
+        cap = self.spec.max_tokens
+        if cap is None:
+            return body
+        key = "max_completion_tokens" if body.get("max_completion_tokens") else "max_tokens"
+        asked = body.get(key)
+        if asked is None:
+            return {**body, "max_tokens": cap}
+        if isinstance(asked, int) and asked > cap:
+            raise InvalidRequest(
+                f"{key} is {asked}; model {self.spec.name!r} allows {cap}", param=key
+            )
+        return body
 
     def check_inputs(self, count: int) -> None:
         if count > self.spec.max_inputs:

@@ -49,6 +49,7 @@ class ServerStatus:
     max_memory: int | None
     evictions: int
     models: list[ModelStatus]
+    engines: dict[str, str | None]  # the versions of what serves the models (llama.cpp's)
 
     def to_json(self) -> dict[str, Any]:
         body = {k: v for k, v in vars(self).items() if k != "models"}

@@ -372,14 +372,25 @@ class ServerReplica(Replica):
         running = self._server is not None and self._server.running
         return running and self.loaded_at is not None and not self._stopped
 
-    async def _start(self, timeout: float) -> None:
+    @property
+    def relays_as(self) -> str:
+        """The RemoteReplica backend its requests go through (openai or json)."""
+        return self.spec.backend or "openai"
+
+    async def _launch(self) -> tuple[Launch, str]:
+        """How this replica's server starts, and its OpenAI base URL (${PORT} unfilled)."""
         source = self.spec.source
         model_path = str(await asyncio.to_thread(resolve_source, source)) if source else None
-        launch = Launch.of(self.spec, self.device, model_path)
+        assert self.spec.base_url is not None  # ModelSpec._managed fills it in
+        return Launch.of(self.spec, self.device, model_path), self.spec.base_url
+
+    async def _start(self, timeout: float) -> None:
+        launch, base_url = await self._launch()
         self._server = server = _server_for(self.spec.group, launch)
         await server.attach(self, self._hooks.log, self.spec.start_timeout or timeout)
-        assert self.spec.base_url is not None  # ModelSpec._managed fills it in
-        remote_spec = self.spec.model_copy(update={"base_url": server.fill(self.spec.base_url)})
+        remote_spec = self.spec.model_copy(
+            update={"base_url": server.fill(base_url), "backend": self.relays_as}
+        )
         self._remote = RemoteReplica(remote_spec, self.device, self._hooks)
         await self._remote.start(timeout)
         # Its exit may have come between the health check and here, when this replica was not

@@ -1,0 +1,263 @@
+"""LlamaServerReplica: a GGUF text model served by llama.cpp's own `llama-server`, one process
+per replica (backend llama_server, the default of kind llm).
+
+llama-server decodes its `parallel` slots as one batch (continuous batching: 8 chats run about
+2.2x the aggregate tokens/s of one at a time here, docs/benchmarks.md), and brings `n`,
+logprobs, seeds, token-array prompts, JSON schemas and GGUF chat templates (`--jinja`). mmserve
+keeps what it adds in front: names, admission (one request per slot: `max_concurrency` defaults
+to `parallel`), queues and 429s, keys, cancellation (a client that leaves closes the connection,
+which stops its slot), crash restarts, memory in the room, the model's log (llama-server's own
+lines too), metrics and errors in mmserve's envelope.
+
+It is a ServerReplica (replicas.server) whose launch mmserve writes itself:
+
+    llama-server -m FILE --host 127.0.0.1 --port ${PORT} --alias NAME --parallel P
+                 --ctx-size context_length*P --threads T --threads-batch T --n-gpu-layers G
+                 --jinja --no-webui [options.args...]
+
+with the thread budget, OMP_WAIT_POLICY=PASSIVE and the replica's GPU (CUDA_VISIBLE_DEVICES) in
+its environment; requests are relayed to its OpenAI routes as the client sent them (validated by
+mmserve first). Chat is offered when the GGUF carries a chat template (read from the file's
+header before the start: backends.gguf); a base model serves completions only.
+
+The binary is the one the setup built (scripts/build-llama-cpp), found by
+`registry.find_program`: $MMSERVE_LLAMA_SERVER, else beside the running Python (the venv's
+bin/), else on PATH.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from collections.abc import AsyncGenerator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from mmserve.backends.gguf import GgufError, read_metadata
+from mmserve.catalog import resolve_source
+from mmserve.config import ModelSpec
+from mmserve.errors import ContextLengthExceeded, ModelUnavailable, UpstreamRejected
+from mmserve.registry import find_program, program_variable
+from mmserve.replicas.base import ReplicaHooks
+from mmserve.replicas.process import backend_spec
+from mmserve.replicas.server import Launch, ServerReplica
+from mmserve.types import WorkerInfo
+from mmserve.workers.supervisor import child_env
+
+__all__ = ["LlamaServerReplica", "engine_threads", "find_llama_server", "llama_cpp_version"]
+
+BASE_URL = "http://127.0.0.1:${PORT}/v1"
+HEALTH = "http://127.0.0.1:${PORT}/health"  # 200 once the model is loaded
+CONTEXT_ERROR = "exceed_context_size_error"  # llama-server's error type for a prompt too long
+
+
+def find_llama_server() -> Path | None:
+    """The llama-server binary mmserve runs, or None when there is none."""
+    return find_program("llama-server")
+
+
+@cache
+def llama_cpp_version() -> str | None:
+    """llama.cpp's version and commit, as the build recorded it (`llama-server --version`)."""
+    binary = find_llama_server()
+    if binary is None:
+        return None
+    recorded = binary.resolve().parent / "VERSION"
+    try:
+        lines = recorded.read_text().splitlines()
+    except OSError:
+        return None
+    version = next((line for line in lines if line.startswith("version:")), None)
+    return version.removeprefix("version:").strip() if version else None
+
+
+def engine_threads() -> int:
+    """Every core this process may use: llama-server's slots decode as one batch, which is
+    fastest on all of them (8 sequences: 116 tokens/s on 2 threads against 77 on 1, here), and
+    its OpenMP threads wait passively, so a second busy model still gets its share."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class LlamaServerReplica(ServerReplica):
+    """One llama-server process serving one GGUF model (see the module doc)."""
+
+    def __init__(self, spec: ModelSpec, device: str, hooks: ReplicaHooks) -> None:
+        super().__init__(spec, device, hooks)
+        self._chat = False  # the GGUF has a chat template (known once launched)
+
+    relays_as = "openai"  # its OpenAI routes
+
+    @property
+    def info(self) -> WorkerInfo:
+        capabilities = ["chat", "complete", "relay"] if self._chat else ["complete", "relay"]
+        return WorkerInfo(capabilities=capabilities, context_length=self.spec.context_length)
+
+    async def _launch(self) -> tuple[Launch, str]:
+        binary = find_llama_server()
+        if binary is None:
+            raise ModelUnavailable(
+                f"model {self.spec.name!r}: llama-server is not installed (make setup builds it; "
+                f"or point {program_variable('llama-server')} at one)"
+            )
+        assert self.spec.source is not None  # ModelSpec requires a source for llama_server
+        path = await asyncio.to_thread(resolve_source, self.spec.source)
+        try:
+            metadata = await asyncio.to_thread(read_metadata, path)
+        except (OSError, GgufError) as exc:
+            raise ModelUnavailable(f"model {self.spec.name!r}: cannot read {path}: {exc}") from None
+        self._chat = bool(metadata.get("tokenizer.chat_template"))
+        spec = self.spec
+        parallel = spec.parallel or 1
+        placed = backend_spec(spec, self.device)
+        threads = spec.threads or engine_threads()
+        command = [
+            str(binary),
+            "--model", str(path),
+            "--host", "127.0.0.1",
+            "--port", "${PORT}",
+            "--alias", spec.name,
+            "--parallel", str(parallel),
+            # Every slot gets the whole context_length a request may use.
+            "--ctx-size", str(spec.context_length * parallel),
+            "--threads", str(threads),
+            "--threads-batch", str(threads),
+            "--n-gpu-layers", str(placed.gpu_layers),
+            "--jinja",
+            "--no-webui",
+            *_extra_args(spec.options),
+        ]  # fmt: skip
+        env = child_env(placed.model_copy(update={"threads": threads}))
+        launch = Launch(
+            who=f"model {spec.name!r}",
+            command=tuple(command),
+            env=tuple(sorted(env.items())),
+            cwd=None,
+            health=HEALTH,
+            stop_signal=signal.SIGTERM,
+            stop_timeout=spec.stop_timeout,
+        )
+        return launch, BASE_URL
+
+    # ---- requests: relayed, with llama-server's errors in mmserve's words -------------------
+
+    async def relay(self, path: str, body: dict[str, Any]) -> Any:
+        try:
+            answer = await super().relay(path, body)
+        except UpstreamRejected as exc:
+            raise self._in_our_words(exc) from None
+        if isinstance(answer, dict):
+            _as_openai_shapes_it(answer)
+            if _legacy_logprobs_asked(path, body):
+                LegacyLogprobs().reshape(answer)
+        return answer
+
+    async def relay_stream(self, path: str, body: dict[str, Any]) -> AsyncGenerator[bytes, None]:
+        chunks = super().relay_stream(path, body)
+        if _legacy_logprobs_asked(path, body):
+            chunks = LegacyLogprobs().reshape_stream(chunks)
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except UpstreamRejected as exc:
+            raise self._in_our_words(exc) from None
+        finally:
+            await chunks.aclose()
+
+    def _in_our_words(self, exc: UpstreamRejected) -> Exception:
+        if exc.type == CONTEXT_ERROR:
+            return ContextLengthExceeded(
+                f"the prompt does not fit in the context of model {self.spec.name!r} "
+                f"({self.spec.context_length} tokens, the reply included); shorten it"
+            )
+        return exc
+
+    def _details(self) -> dict[str, Any]:
+        parallel = self.spec.parallel or 1
+        busy = min(self.in_flight, parallel)
+        return {
+            **super()._details(),
+            "engine": "llama.cpp " + (llama_cpp_version() or "unknown"),
+            "slots": {"total": parallel, "busy": busy, "free": parallel - busy},
+        }
+
+
+def _extra_args(options: dict[str, Any]) -> list[str]:
+    """`options: {args: [...]}`: more llama-server flags, as the operator wrote them."""
+    args = options.get("args", [])
+    return [str(arg) for arg in args]
+
+
+def _as_openai_shapes_it(answer: dict[str, Any]) -> None:
+    """A reply with the keys OpenAI's schema gives it: `refusal` and `logprobs` null when
+    empty, and not llama-server's own `timings`. (A stream's chunks pass as llama-server
+    writes them, which OpenAI's clients read as they are: its last one carries `timings`.)"""
+    answer.pop("timings", None)
+    for choice in answer.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        choice.setdefault("logprobs", None)
+        if isinstance(choice.get("message"), dict):
+            choice["message"].setdefault("refusal", None)
+
+
+def _legacy_logprobs_asked(path: str, body: dict[str, Any]) -> bool:
+    return path == "/completions" and body.get("logprobs") is not None
+
+
+class LegacyLogprobs:
+    """Completions' logprobs as OpenAI shapes them (`tokens`, `token_logprobs`, `top_logprobs`
+    as {token: logprob}, `text_offset`), from the chat-style `content` list llama-server gives
+    on both routes. One per answer or stream: a stream's text offsets run on across chunks."""
+
+    def __init__(self) -> None:
+        self._offsets: dict[int, int] = {}  # choice index -> characters so far
+
+    def reshape(self, answer: dict[str, Any]) -> None:
+        for choice in answer.get("choices") or ():
+            if isinstance(choice, dict) and isinstance(choice.get("logprobs"), dict):
+                choice["logprobs"] = self._legacy(int(choice.get("index", 0)), choice["logprobs"])
+
+    async def reshape_stream(
+        self, chunks: AsyncGenerator[bytes, None]
+    ) -> AsyncGenerator[bytes, None]:
+        pending = b""
+        try:
+            async for chunk in chunks:
+                *lines, pending = (pending + chunk).split(b"\n")
+                yield b"".join(self._line(line) + b"\n" for line in lines)
+            if pending:
+                yield self._line(pending)
+        finally:
+            await chunks.aclose()
+
+    def _line(self, line: bytes) -> bytes:
+        if not line.startswith(b"data: {"):
+            return line
+        try:
+            event = json.loads(line[6:])
+        except ValueError:
+            return line
+        self.reshape(event)
+        return b"data: " + json.dumps(event, ensure_ascii=False).encode()
+
+    def _legacy(self, index: int, logprobs: dict[str, Any]) -> dict[str, Any]:
+        entries = [e for e in logprobs.get("content") or () if isinstance(e, dict)]
+        offsets = []
+        for entry in entries:
+            offsets.append(self._offsets.get(index, 0))
+            self._offsets[index] = offsets[-1] + len(str(entry.get("token", "")))
+        return {
+            "tokens": [e.get("token") for e in entries],
+            "token_logprobs": [e.get("logprob") for e in entries],
+            "top_logprobs": [
+                {t.get("token"): t.get("logprob") for t in e.get("top_logprobs") or ()}
+                for e in entries
+            ],
+            "text_offset": offsets,
+        }
