@@ -159,14 +159,23 @@ def ps(args: argparse.Namespace) -> None:
 
 def format_status(status: dict[str, Any]) -> str:
     rows: list[tuple[str, ...]] = [
-        ("MODEL", "KIND", "STATE", "REPLICAS", "IN-FLIGHT", "MEMORY", "IDLE")
+        ("MODEL", "KIND", "STATE", "REPLICAS", "IN-FLIGHT", "SLOTS", "MEMORY", "IDLE")
     ]
     for m in status["models"]:
         replicas = " ".join(f"{r['pid']}@{r['device']}" for r in m["replicas"]) or "-"
         memory = f"{m['resident_bytes'] / 2**20:.0f} MB" if m["resident_bytes"] else "-"
         idle = f"{time.time() - m['last_used']:.0f} s" if m["last_used"] else "-"
-        rows.append((m["name"], m["kind"], m["state"], replicas, str(m["in_flight"]), memory, idle))
+        row = (m["name"], m["kind"], m["state"], replicas, str(m["in_flight"]), _slots(m))
+        rows.append((*row, memory, idle))
     return table(rows)
+
+
+def _slots(model: dict[str, Any]) -> str:
+    """Busy/total slots of a model's llama-server replicas ("-" for other engines)."""
+    slots = [r["details"]["slots"] for r in model["replicas"] if "slots" in r.get("details", {})]
+    if not slots:
+        return "-"
+    return f"{sum(s['busy'] for s in slots)}/{sum(s['total'] for s in slots)}"
 
 
 def load(args: argparse.Namespace) -> None:

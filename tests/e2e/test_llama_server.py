@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -75,6 +77,20 @@ def test_the_replica_is_a_llama_server_with_its_slots(server: ServerProcess) -> 
     assert server.model("smollm2")["capabilities"] == ["chat", "complete", "relay"]
     # Gemma's GGUF has no chat template: completions only.
     assert server.model("gemma")["capabilities"] == ["complete", "relay"]
+
+
+def test_ps_shows_the_slots(server: ServerProcess) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "mmserve", "ps", "--url", server.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    header, *rows = out.stdout.splitlines()
+    column = header.split().index("SLOTS")
+    slots = {row.split()[0]: row.split()[column] for row in rows}
+    assert slots == {"smollm2": f"0/{SLOTS}", "gemma": "0/2"}
 
 
 def test_eight_streams_decode_at_once_and_match_their_solo_texts(client: openai.OpenAI) -> None:
