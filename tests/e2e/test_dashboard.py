@@ -163,7 +163,7 @@ def drop_file(page: Page, selector: str, name: str, content: bytes, mime: str) -
 def test_a_browser_at_the_root_lands_on_the_dashboard(browser: Browser, server) -> None:
     for page in open_page(browser, f"{server.url}/"):
         assert page.url == f"{server.url}/ui"
-        expect(page.locator("#models tbody tr")).to_have_count(6)
+        expect(page.locator("#models tbody tr")).to_have_count(7)
     api_client = httpx.get(f"{server.url}/", headers={"accept": "application/json"})
     assert api_client.status_code == 404  # an API client still finds nothing at /
 
@@ -173,6 +173,7 @@ def test_the_models_table_shows_the_built_in_models(page: Page, server) -> None:
     for name in expected:
         expect(state_of(page, name)).to_have_text("ready")
     expect(state_of(page, "nsfw")).to_have_text("unloaded")  # it loads on first use
+    expect(state_of(page, "qwen2.5-0.5b")).to_have_text("unloaded")  # so does this one
     status = server.status()
     smollm2 = next(m for m in status["models"] if m["name"] == "smollm2")
     pid = smollm2["replicas"][0]["pid"]

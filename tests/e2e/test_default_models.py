@@ -18,7 +18,8 @@ QUESTION = [{"role": "user", "content": "What is the capital of France? Answer i
 def server(server_factory):
     server = server_factory(None)  # no config: the built-in defaults
     models = server.wait_models(timeout=600)
-    assert all(m["state"] == "ready" for m in models if m["name"] != "nsfw"), models
+    lazy = {"nsfw", "qwen2.5-0.5b"}  # preload: false
+    assert all(m["state"] == "ready" for m in models if m["name"] not in lazy), models
     return server
 
 
@@ -28,7 +29,7 @@ def client(server) -> openai.OpenAI:
 
 
 def test_the_defaults_are_served(client: openai.OpenAI) -> None:
-    names = ["smollm2", "gemma3-270m", "minilm", "ocr", "imagenet", "nsfw"]
+    names = ["smollm2", "gemma3-270m", "qwen2.5-0.5b", "minilm", "ocr", "imagenet", "nsfw"]
     assert [m.id for m in client.models.list()] == names
 
 
@@ -95,7 +96,7 @@ def test_each_text_model_runs_in_its_own_process(server) -> None:
 def test_errors_with_real_models(client: openai.OpenAI) -> None:
     with pytest.raises(
         openai.NotFoundError,
-        match="available models: gemma3-270m, imagenet, minilm, nsfw, ocr, smollm2",
+        match="available models: gemma3-270m, imagenet, minilm, nsfw, ocr, qwen2.5-0.5b, smollm2",
     ):
         client.chat.completions.create(model="llama-70b", messages=QUESTION)
     with pytest.raises(openai.BadRequestError, match="embeddings"):

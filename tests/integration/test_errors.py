@@ -94,6 +94,15 @@ def test_prompt_longer_than_the_context(client: openai.OpenAI) -> None:
             "temperature",
         ),
         ({"model": "echo", "messages": [{"role": "user", "content": "x"}], "n": 3}, "n", "n"),
+        (  # an engine of our own that cannot call tools says so
+            {
+                "model": "echo",
+                "messages": [{"role": "user", "content": "x"}],
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+            },
+            "tools",
+            "does not serve 'tools'",
+        ),
         (
             {"model": "echo", "messages": [{"role": "user", "content": "x"}], "stop": 7},
             "stop",

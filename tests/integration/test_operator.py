@@ -110,7 +110,7 @@ def test_catalog_listing() -> None:
     )
     header, *rows = out.stdout.splitlines()
     assert header.split()[:4] == ["NAME", "KIND", "SIZE", "PACKAGE"]
-    assert {row.split()[0] for row in rows} == {"smollm2", "gemma3-270m", "minilm"}
+    assert {row.split()[0] for row in rows} == {"smollm2", "gemma3-270m", "qwen2.5-0.5b", "minilm"}
     assert all(" yes " in row for row in rows)
 
 

@@ -67,8 +67,9 @@ def error(model: type[BaseModel], body: object) -> InvalidRequest:
          "'stop' must be a string or a list of strings", "temperature"),
         (wire.ChatCompletionRequest, chat(stop=["a"] * 17), "'stop' must have at most 16 items",
          "stop"),
-        (wire.ChatCompletionRequest, chat(tools=[{"type": "function"}]), "'tools' is not supported",
-         "tools"),
+        (wire.ChatCompletionRequest, chat(tools=[{"type": "function"}]),
+         "'tools[0].function' is required", "tools[0].function"),
+        (wire.ChatCompletionRequest, chat(tool_choice="required"), "tool_choice needs tools", None),
         (wire.ChatCompletionRequest, chat(top_logprobs=2), "'top_logprobs' goes with logprobs: "
          "true", "top_logprobs"),
         (wire.ChatCompletionRequest, chat(n=129), "'n' must be at most 128", "n"),

@@ -76,6 +76,8 @@ def refuse_relay_only(
     if isinstance(body, wire.ChatCompletionRequest):
         given += ["logprobs"] if body.logprobs else []
         given += ["top_logprobs"] if body.top_logprobs is not None else []
+        given += ["tools"] if body.calls_tools else []
+        given += ["response_format"] if _json_schema(body) else []
     else:
         given += ["logprobs"] if body.logprobs is not None else []
         given += ["prompt"] if any(not isinstance(p, str) for p in body.prompts) else []
@@ -83,10 +85,14 @@ def refuse_relay_only(
         names = ", ".join(f"'{name}'" for name in given)
         raise InvalidRequest(
             f"model {model.spec.name!r} (backend {model.spec.backend}) does not serve {names} "
-            "(n > 1, logprobs and token-array prompts are served by llama-server and relayed "
-            "models)",
+            "(n > 1, logprobs, tools, JSON schemas and token-array prompts are served by "
+            "llama-server and relayed models)",
             param=given[0],
         )
+
+
+def _json_schema(body: wire.ChatCompletionRequest) -> bool:
+    return body.response_format is not None and body.response_format.type == "json_schema"
 
 
 def _texts(body: wire.CompletionRequest) -> list[str]:

@@ -170,6 +170,19 @@ class UserMessage(_In):
     name: str | None = None
 
 
+class FunctionCallIn(_In):
+    name: str = Field(min_length=1)
+    arguments: str = Field(description="the arguments, as a JSON text")
+
+
+class ToolCallIn(_In):
+    """A call an earlier answer made (the tool's result follows in a `tool` message)."""
+
+    id: str = Field(min_length=1)
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class AssistantMessageIn(_In):
     """An earlier answer in the conversation; OpenAI makes its content optional."""
 
@@ -177,7 +190,7 @@ class AssistantMessageIn(_In):
     content: str | Annotated[list[AssistantPart], Field(min_length=1)] | None = None
     refusal: str | None = None
     name: str | None = None
-    tool_calls: list[Any] | None = Field(None, max_length=0, description="not supported")
+    tool_calls: list[ToolCallIn] | None = None
 
 
 class ToolMessage(_In):
@@ -196,8 +209,57 @@ class StreamOptions(_In):
     include_usage: bool = False
 
 
+# A tool's or a schema's name, as OpenAI allows it.
+ToolName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class JsonSchema(_In):
+    name: ToolName
+    description: str | None = None
+    # What the model's output must validate against; the engine says which keywords it enforces.
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
 class ResponseFormat(_In):
-    type: Literal["text", "json_object"]
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchema | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema goes with type: json_schema, and it needs one")
+        return self
+
+
+class FunctionDefinition(_In):
+    name: ToolName
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(
+        None, description="a JSON Schema of the arguments (an object); none: no arguments"
+    )
+    strict: bool | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _an_object(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and value.get("type", "object") != "object":
+            raise ValueError("must be a JSON Schema of an object (type: object)")
+        return value
+
+
+class Tool(_In):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_In):
+    name: str
+
+
+class NamedToolChoice(_In):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 # A seed is any integer a double holds exactly (JSON numbers beyond that are not exact).
@@ -233,11 +295,30 @@ class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessageIn] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     response_format: ResponseFormat | None = None
-    tools: list[Any] | None = Field(None, max_length=0, description="not supported")
+    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     logprobs: bool | None = Field(None, description="the chosen tokens' log probabilities")
     top_logprobs: int | None = Field(
         None, ge=0, le=20, description="with logprobs: the N likeliest tokens at each position"
     )
+
+    @model_validator(mode="after")
+    def _tool_choice(self) -> ChatCompletionRequest:
+        names = [t.function.name for t in self.tools or ()]
+        if len(set(names)) != len(names):
+            raise ValueError("tools: two tools have the same name")
+        choice = self.tool_choice
+        if choice is not None and choice != "none" and not names:
+            raise ValueError("tool_choice needs tools")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ValueError(f"tool_choice names {choice.function.name!r}, which is not in tools")
+        return self
+
+    @property
+    def calls_tools(self) -> bool:
+        """Tools are given and the model may call them."""
+        return bool(self.tools) and self.tool_choice != "none"
 
     @field_validator("top_logprobs")
     @classmethod

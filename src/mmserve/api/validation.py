@@ -34,6 +34,8 @@ ACCEPTS: dict[str, str] = {
     "prompt": "a string, a list of strings, a token array (a list of integers) or a list of "
     "token arrays",
     "stop": "a string or a list of strings",
+    "tool_choice": "'none', 'auto', 'required' or a named function ({\"type\": \"function\", "
+    '"function": {"name": ...}})',
     "content": "a string or a list of content parts",
     "command": "a command line or a list of strings (the program and its arguments)",
     "keep_alive": "a number of seconds (0 or more), or -1 for never",

@@ -32,14 +32,16 @@ import json
 import os
 import signal
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from mmserve.backends import tool_calls
 from mmserve.backends.gguf import GgufError, read_metadata
 from mmserve.catalog import resolve_source
 from mmserve.config import ModelSpec
-from mmserve.errors import ContextLengthExceeded, ModelUnavailable, UpstreamRejected
+from mmserve.errors import ContextLengthExceeded, InvalidRequest, ModelUnavailable, UpstreamRejected
 from mmserve.registry import find_program, program_variable
 from mmserve.replicas.base import ReplicaHooks
 from mmserve.replicas.process import backend_spec
@@ -90,6 +92,7 @@ class LlamaServerReplica(ServerReplica):
     def __init__(self, spec: ModelSpec, device: str, hooks: ReplicaHooks) -> None:
         super().__init__(spec, device, hooks)
         self._chat = False  # the GGUF has a chat template (known once launched)
+        self._tool_template = False  # ... and it renders tools
 
     relays_as = "openai"  # its OpenAI routes
 
@@ -111,7 +114,9 @@ class LlamaServerReplica(ServerReplica):
             metadata = await asyncio.to_thread(read_metadata, path)
         except (OSError, GgufError) as exc:
             raise ModelUnavailable(f"model {self.spec.name!r}: cannot read {path}: {exc}") from None
-        self._chat = bool(metadata.get("tokenizer.chat_template"))
+        template = str(metadata.get("tokenizer.chat_template") or "")
+        self._chat = bool(template)
+        self._tool_template = "tools" in template  # it renders the tools it is given
         spec = self.spec
         parallel = spec.parallel or 1
         placed = backend_spec(spec, self.device)
@@ -147,17 +152,33 @@ class LlamaServerReplica(ServerReplica):
     # ---- requests: relayed, with llama-server's errors in mmserve's words -------------------
 
     async def relay(self, path: str, body: dict[str, Any]) -> Any:
+        sent, tools = self._with_tools(path, body)
         try:
-            answer = await super().relay(path, body)
+            answer = await super().relay(path, sent)
         except UpstreamRejected as exc:
             raise self._in_our_words(exc) from None
         if isinstance(answer, dict):
             _as_openai_shapes_it(answer)
+            if tools is not None:
+                tools.finish(answer)
+                if tools.repeats(answer):
+                    # A small model, given a tool's result, tends to make the same call again
+                    # and again: ask once more with calls ruled out, for its answer in words.
+                    return await self.relay(path, tool_calls.without_calls(body))
             if _legacy_logprobs_asked(path, body):
                 LegacyLogprobs().reshape(answer)
         return answer
 
     async def relay_stream(self, path: str, body: dict[str, Any]) -> AsyncGenerator[bytes, None]:
+        if self._with_tools(path, body)[1] is not None:
+            # Whether the reply is a call is known once it is whole: generate it, then stream it.
+            whole = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+            answer = await self.relay(path, whole)
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            for event in tool_calls.stream_chunks(answer, include_usage):
+                yield b"data: " + json.dumps(event, ensure_ascii=False).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+            return
         chunks = super().relay_stream(path, body)
         if _legacy_logprobs_asked(path, body):
             chunks = LegacyLogprobs().reshape_stream(chunks)
@@ -168,6 +189,53 @@ class LlamaServerReplica(ServerReplica):
             raise self._in_our_words(exc) from None
         finally:
             await chunks.aclose()
+
+    def _with_tools(self, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], _Tools | None]:
+        """The body to send, and the tool layer's part in this request (see
+        backends.tool_calls), if any. Schemas with keywords llama.cpp cannot enforce are a 400
+        naming them."""
+        if path != "/chat/completions":
+            return body, None
+        wanted = body.get("response_format") or {}
+        if wanted.get("type") == "json_schema":
+            self._check_schema(
+                wanted["json_schema"]["schema"], "response_format.json_schema.schema"
+            )
+        tools, choice = body.get("tools") or [], body.get("tool_choice") or "auto"
+        if not tools:
+            return body, None
+        if choice == "none":  # ruled out for real, not just asked for: see without_calls
+            return tool_calls.without_calls(body), None
+        if not self._tool_template:
+            raise InvalidRequest(
+                f"model {self.spec.name!r} cannot call tools: its chat template has no tools "
+                "(qwen2.5-0.5b, a built-in model, can)",
+                param="tools",
+            )
+        for i, tool in enumerate(tools):
+            parameters = tool["function"].get("parameters")
+            self._check_schema(parameters, f"tools[{i}].function.parameters")
+        names = {tool["function"]["name"] for tool in tools}
+        answered = tool_calls.answered_calls(body.get("messages") or [])
+        if choice == "auto":
+            return body, _Tools(names, constrained=False, answered=answered)
+        parallel = body.get("parallel_tool_calls") is not False  # OpenAI's default: allowed
+        schema = tool_calls.call_schema(tools, choice, parallel)
+        constrained = {
+            "type": "json_schema",
+            "json_schema": {"name": "tool_call", "schema": schema},
+        }
+        sent = {**body, "tool_choice": "auto", "response_format": constrained}
+        return sent, _Tools(names, constrained=True, answered=answered)
+
+    def _check_schema(self, schema: Any, where: str) -> None:
+        if unenforced := tool_calls.unenforced_keywords(schema, where):
+            keywords = ", ".join(repr(u.rsplit(".", 1)[1]) for u in unenforced)
+            raise InvalidRequest(
+                f"llama.cpp cannot enforce {keywords} (at {', '.join(unenforced)}): leave it "
+                "out, or check the reply yourself",
+                param=unenforced[0],
+            )
 
     def _in_our_words(self, exc: UpstreamRejected) -> Exception:
         if exc.type == CONTEXT_ERROR:
@@ -191,6 +259,51 @@ def _extra_args(options: dict[str, Any]) -> list[str]:
     """`options: {args: [...]}`: more llama-server flags, as the operator wrote them."""
     args = options.get("args", [])
     return [str(arg) for arg in args]
+
+
+@dataclass(frozen=True)
+class _Tools:
+    """The tool layer's part in one chat request: the tools' names, and whether decoding was
+    constrained to a call (required, or a named function) or the model chose (auto)."""
+
+    names: set[str]
+    constrained: bool
+    answered: set[str]  # the calls the conversation made and has the results of
+
+    def repeats(self, answer: dict[str, Any]) -> bool:
+        """The model chose (auto) to make a call already answered: its reply's first call, or
+        the call its text opens with."""
+        if self.constrained or not self.answered:
+            return False
+        for choice in answer.get("choices") or ():
+            message = choice.get("message") or {}
+            key: str | None
+            if message.get("tool_calls"):
+                first = message["tool_calls"][0]["function"]
+                key = tool_calls.call_key(first["name"], first["arguments"])
+            else:
+                key = tool_calls.opening_call(message.get("content") or "")
+            if key in self.answered:
+                return True
+        return False
+
+    def finish(self, answer: dict[str, Any]) -> None:
+        """Each choice's calls as OpenAI's `tool_calls`; text that makes no call stays."""
+        for choice in answer.get("choices") or ():
+            message = choice.get("message") if isinstance(choice, dict) else None
+            if not isinstance(message, dict):
+                continue
+            if message.get("tool_calls"):  # llama-server's own parser found them
+                choice["finish_reason"] = "tool_calls"
+                continue
+            content = message.get("content") or ""
+            if self.constrained:
+                calls = tool_calls.calls_from_json(content)
+            else:
+                calls = tool_calls.find_calls(content, self.names)
+            if calls:
+                message.update(content=None, tool_calls=tool_calls.shape_tool_calls(calls))
+                choice["finish_reason"] = "tool_calls"
 
 
 def _as_openai_shapes_it(answer: dict[str, Any]) -> None:
