@@ -88,8 +88,19 @@ def sweep_round(
     return asyncio.run(run())
 
 
-def stream_once(url: str, max_tokens: int) -> dict[str, float]:
-    """One streamed chat: TTFT (ms) and decode tokens/s, one token per content chunk."""
+def stream_once(url: str, max_tokens: int, probes: int = 20) -> dict[str, float]:
+    """One client, streamed: TTFT (ms, the median of `probes` short requests, as one is
+    a few tens of ms and the machine's noise as much) and the decode tokens/s of one long
+    stream, one token per content chunk."""
+    ttft = statistics.median(token_times(url, 2)[0] for _ in range(probes))
+    times = token_times(url, max_tokens)
+    if len(times) < 2:
+        raise RuntimeError("the stream brought fewer than two tokens")
+    return {"ttft": ttft * 1000, "decode": (len(times) - 1) / (times[-1] - times[0])}
+
+
+def token_times(url: str, max_tokens: int) -> list[float]:
+    """Seconds from sending a streamed chat to each of its content chunks."""
     times: list[float] = []
     started = time.perf_counter()
     request = {**body(0, max_tokens), "stream": True}
@@ -103,28 +114,16 @@ def stream_once(url: str, max_tokens: int) -> dict[str, float]:
                 continue
             choices = json.loads(line[6:]).get("choices") or [{}]
             if (choices[0].get("delta") or {}).get("content"):
-                times.append(time.perf_counter())
-    if len(times) < 2:
-        raise RuntimeError("the stream brought fewer than two tokens")
-    return {
-        "ttft": (times[0] - started) * 1000,
-        "decode": (len(times) - 1) / (times[-1] - times[0]),
-    }
+                times.append(time.perf_counter() - started)
+    return times
 
 
 def first_token_s(url: str) -> float:
     """Seconds from sending a streamed request to its first content chunk."""
-    started = time.perf_counter()
-    request = {**body(0, 4), "stream": True}
-    with (
-        httpx.Client(base_url=url, timeout=600) as client,
-        client.stream("POST", "/v1/chat/completions", json=request) as reply,
-    ):
-        reply.raise_for_status()
-        for line in reply.iter_lines():
-            if line.startswith("data: {") and '"content":"' in line.replace(" ", ""):
-                return time.perf_counter() - started
-    raise RuntimeError("no token came")
+    times = token_times(url, 2)
+    if not times:
+        raise RuntimeError("no token came")
+    return times[0]
 
 
 def llama_server_command(path: Path, port: int, threads: int) -> list[str]:

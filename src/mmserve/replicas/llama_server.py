@@ -182,6 +182,8 @@ class LlamaServerReplica(ServerReplica):
         chunks = super().relay_stream(path, body)
         if _legacy_logprobs_asked(path, body):
             chunks = LegacyLogprobs().reshape_stream(chunks)
+        if path == "/chat/completions":
+            chunks = _role_first(chunks, choices=int(body.get("n") or 1))
         try:
             async for chunk in chunks:
                 yield chunk
@@ -317,6 +319,51 @@ def _as_openai_shapes_it(answer: dict[str, Any]) -> None:
         choice.setdefault("logprobs", None)
         if isinstance(choice.get("message"), dict):
             choice["message"].setdefault("refusal", None)
+
+
+async def _role_first(
+    chunks: AsyncGenerator[bytes, None], choices: int
+) -> AsyncGenerator[bytes, None]:
+    """A chat stream whose first delta of each choice has `role`, as OpenAI's always does:
+    llama-server's first stream after its start sometimes opens with a content delta. Lines
+    are read only until every choice has had its first delta; the rest passes untouched."""
+    pending, waiting = b"", set(range(choices))
+    try:
+        async for chunk in chunks:
+            if not waiting:
+                yield chunk
+                continue
+            *lines, pending = (pending + chunk).split(b"\n")
+            out = []
+            for line in lines:
+                if waiting and line.startswith(b"data: {"):
+                    line = _with_role(line, waiting)
+                out.append(line + b"\n")
+            if not waiting and pending:
+                out.append(pending)
+                pending = b""
+            yield b"".join(out)
+        if pending:
+            yield pending
+    finally:
+        await chunks.aclose()
+
+
+def _with_role(line: bytes, waiting: set[int]) -> bytes:
+    try:
+        event = json.loads(line[6:])
+    except ValueError:
+        return line
+    changed = False
+    for choice in event.get("choices") or ():
+        index = choice.get("index", 0) if isinstance(choice, dict) else None
+        if index not in waiting or not isinstance(choice.get("delta"), dict):
+            continue
+        waiting.discard(index)
+        if "role" not in choice["delta"]:
+            choice["delta"] = {"role": "assistant", **choice["delta"]}
+            changed = True
+    return b"data: " + json.dumps(event, ensure_ascii=False).encode() if changed else line
 
 
 def _legacy_logprobs_asked(path: str, body: dict[str, Any]) -> bool:
