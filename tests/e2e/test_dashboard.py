@@ -177,7 +177,10 @@ def test_the_models_table_shows_the_built_in_models(page: Page, server) -> None:
     status = server.status()
     smollm2 = next(m for m in status["models"] if m["name"] == "smollm2")
     pid = smollm2["replicas"][0]["pid"]
-    expect(row(page, "smollm2").locator(".replica")).to_contain_text(f"pid {pid} · cpu · 0 busy")
+    slots = smollm2["replicas"][0]["details"]["slots"]["total"]  # llama-server's
+    expect(row(page, "smollm2").locator(".replica")).to_contain_text(
+        f"pid {pid} · cpu · 0/{slots} slots busy"
+    )
     expect(row(page, "ocr").locator(".replica")).to_contain_text("in server")  # in-process
     expect(page.locator("#room")).to_contain_text(f"loaded {status['loaded_models']}")
     expect(row(page, "minilm").locator("td").nth(1)).to_contain_text("ready")

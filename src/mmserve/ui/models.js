@@ -182,13 +182,19 @@ export class ModelsView {
   }
 }
 
+// A llama-server replica has slots: "1/4 slots busy"; others count their requests in flight.
+function busyness(r) {
+  const slots = r.details && r.details.slots;
+  return slots ? `${slots.busy}/${slots.total} slots busy` : `${r.in_flight} busy`;
+}
+
 function replicaLines(m, serverPid) {
   const where = (r) => (!r.pid ? "remote" : r.pid === serverPid ? "in server" : `pid ${r.pid}`);
   const running = (m.replicas || []).map((r) =>
     el(
       "div",
       { class: "replica", "data-pid": r.pid ?? "" },
-      [where(r), r.device, `${r.in_flight} busy`, r.resident_bytes ? bytes(r.resident_bytes) : null]
+      [where(r), r.device, busyness(r), r.resident_bytes ? bytes(r.resident_bytes) : null]
         .filter(Boolean)
         .join(" · "),
     ),
