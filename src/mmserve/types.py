@@ -33,7 +33,7 @@ __all__ = [
 
 # What a model can do; `relay`: OpenAI requests passed on as sent (see mmserve.registry).
 Capability = Literal["chat", "complete", "embed", "call", "vision", "relay"]
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class _Frozen(BaseModel):

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ValidationError
 from mmserve.api import protocol as wire
 
 CAP = 8  # every model's max_tokens in the fuzz config
+SLOTS = 4  # the llm models' parallel slots (the default): at most this many choices, `n`
 MAX_INPUTS = 64
 VOCABULARY = 30_000  # MiniLM's (30522), rounded down
 PROMPT_CHARS = 400  # far within a 2048-token context, whatever the characters
@@ -56,6 +57,8 @@ def capped(body: dict[str, Any]) -> None:
         value = body.get(key)
         if is_number(value) and value > CAP:
             body[key] = 1 + int(value) % CAP
+    if is_number(body.get("n")) and body["n"] > SLOTS:
+        body["n"] = 1 + int(body["n"]) % SLOTS
 
 
 def short(text: Any) -> Any:

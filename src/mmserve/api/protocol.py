@@ -435,6 +435,9 @@ class Usage(_Out):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    # What an engine that relays its replies adds, as OpenAI does (llama-server: cached_tokens).
+    prompt_tokens_details: dict[str, Any] | None = left_out_when_none()
+    completion_tokens_details: dict[str, Any] | None = left_out_when_none()
 
 
 class EmbeddingUsage(_Out):
@@ -447,19 +450,38 @@ class _Response(_Out):
     # One value for every chunk of a stream: its first chunk's (see api.convert).
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
+    system_fingerprint: str | None = left_out_when_none()  # the engine's build, when it says
+
+
+class FunctionCallOut(_Out):
+    name: str
+    arguments: str = Field(description="the arguments, as a JSON text")
+
+
+class ToolCallOut(_Out):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
 
 
 class AssistantMessage(_Out):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: str | None = None
+    tool_calls: list[ToolCallOut] | None = left_out_when_none()
+
+
+# The log probabilities of a choice's tokens, as OpenAI gives them (`content`: a list of
+# {token, logprob, bytes, top_logprobs}; a completion's: tokens, token_logprobs, top_logprobs,
+# text_offset): only engines that relay (llama-server, an upstream) give them.
+Logprobs = dict[str, Any] | None
 
 
 class ChatChoice(_Out):
     index: int
     message: AssistantMessage
     finish_reason: FinishReason
-    logprobs: None = None
+    logprobs: Logprobs = None
 
 
 class ChatCompletion(_Response):
@@ -473,13 +495,14 @@ class Delta(_Out):
 
     role: Literal["assistant"] | None = left_out_when_none()
     content: str | None = left_out_when_none()
+    tool_calls: list[dict[str, Any]] | None = left_out_when_none()  # per index: id, name, args
 
 
 class ChunkChoice(_Out):
     index: int = 0
     delta: Delta
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: Logprobs = None
 
 
 class ChatCompletionChunk(_Response):
@@ -493,7 +516,7 @@ class CompletionChoice(_Out):
     index: int
     text: str
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: Logprobs = None
 
 
 class Completion(_Response):

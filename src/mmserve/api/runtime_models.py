@@ -112,7 +112,6 @@ class LlmModel(_Local):
     )
     source: str = Field(pattern=source_pattern("llm"), description="catalog:NAME or a file")
     context_length: int = spec_field("context_length")
-    parallel: int | None = spec_field("parallel")
     gpu_layers: int | None = spec_field("gpu_layers")
     max_tokens: int | None = spec_field("max_tokens")
 

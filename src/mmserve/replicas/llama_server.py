@@ -196,6 +196,14 @@ class LlamaServerReplica(ServerReplica):
         """The body to send, and the tool layer's part in this request (see
         backends.tool_calls), if any. Schemas with keywords llama.cpp cannot enforce are a 400
         naming them."""
+        n = body.get("n") or 1
+        if isinstance(n, int) and n > (self.spec.parallel or 1):
+            # llama-server decodes a request's choices side by side, one slot each.
+            raise InvalidRequest(
+                f"model {self.spec.name!r} gives at most {self.spec.parallel} choices a request "
+                f"(its parallel slots), not {n}",
+                param="n",
+            )
         if path != "/chat/completions":
             return body, None
         wanted = body.get("response_format") or {}
