@@ -49,3 +49,20 @@ fmt: $(STAMP)
 # generated section; ARGS=--quick for a short run that only prints.
 bench: $(STAMP)
 	bench/run $(ARGS)
+
+# The CPU container image (Dockerfile; docs/container.md): IMAGE names it, IMAGE_ARGS adds
+# `docker build` flags (e.g. --build-arg BASE_IMAGE=...). A build/docker/ folder, when present,
+# hands it a prebuilt llama.cpp and a wheelhouse (see the Dockerfile's header).
+IMAGE ?= mmserve
+IMAGE_ARGS ?=
+
+.PHONY: image test-image
+
+image:
+	docker build -t $(IMAGE) $(IMAGE_ARGS) .
+
+# Builds the image from this checkout with a real Docker daemon, on these machines (no image
+# registry: a debootstrap base; this machine's llama.cpp build and pip cache, so nothing is
+# compiled twice), then runs it: tests/container/conftest.py. CI runs it after `make test`.
+test-image: $(STAMP)
+	$(BIN)/pytest tests/container $(ARGS)

@@ -8,6 +8,7 @@ import importlib
 import logging
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -118,7 +119,10 @@ def serve(settings: Settings) -> None:
             "!" * 78, settings.host, "!" * 78,
         )  # fmt: skip
     # On SIGTERM uvicorn stops accepting, lets in-flight requests finish (up to the grace),
-    # then the app's lifespan stops the models' processes.
+    # then the app's lifespan stops the models' processes. Then it raises the signal again with
+    # the handler it found in place: this one, so that a clean stop exits 0 (`docker stop`).
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, _stopped)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -127,6 +131,10 @@ def serve(settings: Settings) -> None:
         log_config=None,  # keep the logging configured above (text or JSON, with request ids)
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
     )
+
+
+def _stopped(signum: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 # ---- client commands ---------------------------------------------------------------------------
