@@ -81,6 +81,10 @@ def fit_message(message: Any) -> Any:
 
 def fit_chat(body: dict[str, Any]) -> None:
     capped(body)
+    # A rule across two fields, which the schema cannot state (OpenAI's too): top_logprobs
+    # goes with logprobs: true.
+    if body.get("top_logprobs") is not None:
+        body["logprobs"] = True
     if isinstance(body.get("messages"), list):
         body["messages"] = [fit_message(m) for m in body["messages"][:8]]
 
@@ -90,7 +94,8 @@ def fit_completion(body: dict[str, Any]) -> None:
     if "max_tokens" not in body or body["max_tokens"] is None:
         body["max_tokens"] = CAP  # the default, 16, is over the cap
     prompt = body.get("prompt")
-    body["prompt"] = [short(p) for p in prompt] if isinstance(prompt, list) else short(prompt)
+    # Token ids in the model's vocabulary; texts not too long.
+    body["prompt"] = in_vocabulary(prompt)
 
 
 def fit_embedding(body: dict[str, Any]) -> None:

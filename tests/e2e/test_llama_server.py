@@ -301,3 +301,15 @@ def test_the_model_log_has_llama_servers_own_lines(server: ServerProcess) -> Non
     lines = httpx.get(f"{server.url}/api/v1/smollm2/logs", timeout=10).text
     assert "started server pid" in lines
     assert "llama_server" in lines or "srv" in lines  # llama-server's own output
+
+
+def test_completion_defaults_are_openais(client: openai.OpenAI) -> None:
+    # No max_tokens: 16, as OpenAI's (llama-server's own default is no limit). An empty prompt
+    # starts from the model's start token (llama-server leaves "" unanswered).
+    for prompt in ("", ["", "Once upon a time"]):
+        reply = client.completions.create(model="gemma", prompt=prompt, temperature=0)
+        assert all(c.text for c in reply.choices)
+        assert reply.usage is not None and reply.usage.completion_tokens <= 16 * len(reply.choices)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.completions.create(model="gemma", prompt=[[10**9]], max_tokens=2)
+    assert refused.value.param == "prompt" and "vocabulary" in refused.value.message

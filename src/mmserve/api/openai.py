@@ -42,11 +42,23 @@ def resolve(request: Request, name: str) -> Model:
 
 
 async def relay(
-    request: Request, name: str, capability: Capability, path: str, stream: bool
+    request: Request,
+    validated: wire.ChatCompletionRequest | wire.CompletionRequest | wire.EmbeddingRequest,
+    capability: Capability,
+    path: str,
+    stream: bool,
 ) -> Response:
-    """Pass an OpenAI request on as the client sent it, to a model that relays (an upstream),
-    so that any field the upstream knows works; its answer comes back as the upstream gave it."""
-    body = {**await request.json(), "model": name}
+    """Pass an OpenAI request on to a model that relays (an upstream, llama-server), so that any
+    field the upstream knows works; its answer comes back as the upstream gave it.
+
+    The fields mmserve knows go as it validated them (`validated`: token ids as integers, no
+    explicit nulls, no stray keys inside a message); the others as the client sent them."""
+    name = validated.model
+    fields = type(validated).model_fields
+    known = set(fields) | {f.alias for f in fields.values() if f.alias}
+    raw = await request.json()
+    given = validated.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude_none=True)
+    body = {**{k: v for k, v in raw.items() if k not in known}, **given, "model": name}
     manager = manager_of(request)
     if stream:
         return relayed_stream(await prime(manager.relay_stream(name, capability, path, body)))
@@ -124,7 +136,7 @@ async def answer_chat(
     # An unknown model is a 404 before anything else is judged.
     model = resolve(request, body.model)
     if model.can("relay"):
-        return await relay(request, body.model, "chat", "/chat/completions", body.stream)
+        return await relay(request, body, "chat", "/chat/completions", body.stream)
     refuse_relay_only(model, body)
     manager = manager_of(request)
     if model.can("vision"):
@@ -157,7 +169,7 @@ async def answer_completions(
     """A completion request answered (the route's work, also the call route's)."""
     model = resolve(request, body.model)
     if model.can("relay"):
-        return await relay(request, body.model, "complete", "/completions", body.stream)
+        return await relay(request, body, "complete", "/completions", body.stream)
     refuse_relay_only(model, body)
     manager = manager_of(request)
     if body.stream:
@@ -201,7 +213,7 @@ async def answer_embeddings(
 ) -> Response | wire.EmbeddingResponse:
     """An embedding request answered (the route's work, also the call route's)."""
     if resolve(request, body.model).can("relay"):
-        return await relay(request, body.model, "embed", "/embeddings", stream=False)
+        return await relay(request, body, "embed", "/embeddings", stream=False)
     work = manager_of(request).embed(body.model, EmbedRequest(inputs=body.inputs), body.dimensions)
     result = await cancel_on_disconnect(request, work)
     return convert.embedding_response(result, body.model, body.encoding_format)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ __all__ = ["LlamaServerReplica", "engine_threads", "find_llama_server", "llama_c
 BASE_URL = "http://127.0.0.1:${PORT}/v1"
 HEALTH = "http://127.0.0.1:${PORT}/health"  # 200 once the model is loaded
 CONTEXT_ERROR = "exceed_context_size_error"  # llama-server's error type for a prompt too long
+COMPLETION_TOKENS = 16  # OpenAI's default max_tokens of a completion (llama-server's: no limit)
+_CREATED = re.compile(rb'"created":\s*\d+')
 
 
 def find_llama_server() -> Path | None:
@@ -93,6 +96,7 @@ class LlamaServerReplica(ServerReplica):
         super().__init__(spec, device, hooks)
         self._chat = False  # the GGUF has a chat template (known once launched)
         self._tool_template = False  # ... and it renders tools
+        self._bos: int | None = None  # its start token
 
     relays_as = "openai"  # its OpenAI routes
 
@@ -117,6 +121,8 @@ class LlamaServerReplica(ServerReplica):
         template = str(metadata.get("tokenizer.chat_template") or "")
         self._chat = bool(template)
         self._tool_template = "tools" in template  # it renders the tools it is given
+        bos = metadata.get("tokenizer.ggml.bos_token_id")
+        self._bos = bos if isinstance(bos, int) and not isinstance(bos, bool) else None
         spec = self.spec
         parallel = spec.parallel or 1
         placed = backend_spec(spec, self.device)
@@ -183,7 +189,7 @@ class LlamaServerReplica(ServerReplica):
         if _legacy_logprobs_asked(path, body):
             chunks = LegacyLogprobs().reshape_stream(chunks)
         if path == "/chat/completions":
-            chunks = _role_first(chunks, choices=int(body.get("n") or 1))
+            chunks = _as_openai_streams(chunks, choices=int(body.get("n") or 1))
         try:
             async for chunk in chunks:
                 yield chunk
@@ -196,6 +202,8 @@ class LlamaServerReplica(ServerReplica):
         """The body to send, and the tool layer's part in this request (see
         backends.tool_calls), if any. Schemas with keywords llama.cpp cannot enforce are a 400
         naming them."""
+        if path == "/completions":
+            body = self._completion(body)
         n = body.get("n") or 1
         if isinstance(n, int) and n > (self.spec.parallel or 1):
             # llama-server decodes a request's choices side by side, one slot each.
@@ -238,6 +246,24 @@ class LlamaServerReplica(ServerReplica):
         sent = {**body, "tool_choice": "auto", "response_format": constrained}
         return sent, _Tools(names, constrained=True, answered=answered)
 
+    def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        """OpenAI's defaults where llama-server's differ: max_tokens 16, and an empty prompt
+        starting from the model's start token (llama-server leaves "" unanswered)."""
+        if body.get("max_tokens") is None:
+            body = {**body, "max_tokens": COMPLETION_TOKENS}
+        prompt = body.get("prompt")
+        texts = [prompt] if isinstance(prompt, str) else prompt if isinstance(prompt, list) else []
+        if "" not in texts:
+            return body
+        if self._bos is None:
+            raise InvalidRequest(
+                f"the prompt is empty and model {self.spec.name!r} has no start token",
+                param="prompt",
+            )
+        start = [self._bos]
+        prompts = start if prompt == "" else [start if p == "" else p for p in texts]
+        return {**body, "prompt": prompts}
+
     def _check_schema(self, schema: Any, where: str) -> None:
         if unenforced := tool_calls.unenforced_keywords(schema, where):
             keywords = ", ".join(repr(u.rsplit(".", 1)[1]) for u in unenforced)
@@ -248,6 +274,11 @@ class LlamaServerReplica(ServerReplica):
             )
 
     def _in_our_words(self, exc: UpstreamRejected) -> Exception:
+        if "invalid tokens" in exc.message:
+            return InvalidRequest(
+                f"the prompt holds token ids that are not in model {self.spec.name!r}'s vocabulary",
+                param="prompt",
+            )
         if exc.type == CONTEXT_ERROR:
             return ContextLengthExceeded(
                 f"the prompt does not fit in the context of model {self.spec.name!r} "
@@ -329,27 +360,28 @@ def _as_openai_shapes_it(answer: dict[str, Any]) -> None:
             choice["message"].setdefault("refusal", None)
 
 
-async def _role_first(
+async def _as_openai_streams(
     chunks: AsyncGenerator[bytes, None], choices: int
 ) -> AsyncGenerator[bytes, None]:
-    """A chat stream whose first delta of each choice has `role`, as OpenAI's always does:
-    llama-server's first stream after its start sometimes opens with a content delta. Lines
-    are read only until every choice has had its first delta; the rest passes untouched."""
-    pending, waiting = b"", set(range(choices))
+    """A chat stream as OpenAI's: the first delta of each choice has `role` (llama-server's
+    first stream after its start sometimes opens with a content delta), and every chunk has
+    the first one's `created` (llama-server stamps each chunk with its own second). A line is
+    parsed only until every choice has had its first delta; after that only `created` is
+    rewritten, in the bytes."""
+    pending, waiting, created = b"", set(range(choices)), b""
     try:
         async for chunk in chunks:
-            if not waiting:
-                yield chunk
-                continue
             *lines, pending = (pending + chunk).split(b"\n")
             out = []
             for line in lines:
-                if waiting and line.startswith(b"data: {"):
-                    line = _with_role(line, waiting)
+                if line.startswith(b"data: {"):
+                    if waiting:
+                        line = _with_role(line, waiting)
+                    if not created and (stamp := _CREATED.search(line)):
+                        created = stamp.group(0)
+                    elif created:
+                        line = _CREATED.sub(created, line, count=1)
                 out.append(line + b"\n")
-            if not waiting and pending:
-                out.append(pending)
-                pending = b""
             yield b"".join(out)
         if pending:
             yield pending

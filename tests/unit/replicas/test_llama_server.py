@@ -6,7 +6,7 @@ import asyncio
 import json
 from collections.abc import AsyncGenerator
 
-from mmserve.replicas.llama_server import LegacyLogprobs, _role_first
+from mmserve.replicas.llama_server import LegacyLogprobs, _as_openai_streams
 
 
 async def pieces(*parts: bytes) -> AsyncGenerator[bytes, None]:
@@ -38,7 +38,7 @@ def test_a_stream_that_opens_without_its_role_gets_it() -> None:
         + b"\n\ndata: [DONE]\n\n"
     )
     # Cut anywhere: the fix must not depend on where the pieces break.
-    out = collect(_role_first(pieces(raw[:17], raw[17:60], raw[60:]), choices=1))
+    out = collect(_as_openai_streams(pieces(raw[:17], raw[17:60], raw[60:]), choices=1))
     deltas = [e["choices"][0]["delta"] for e in events(out)]
     assert deltas == [{"role": "assistant", "content": "Hel"}, {"content": "lo"}]
     assert out.endswith(b"data: [DONE]\n\n")
@@ -49,13 +49,25 @@ def test_a_stream_with_its_roles_passes_untouched() -> None:
         chunk(0, {"role": "assistant", "content": None}) + b"\n\n"
         + chunk(1, {"content": "b"}) + b"\n\n" + chunk(0, {"content": "a"}) + b"\n\n"
     )  # fmt: skip
-    out = collect(_role_first(pieces(raw), choices=2))
+    out = collect(_as_openai_streams(pieces(raw), choices=2))
     deltas = [e["choices"][0]["delta"] for e in events(out)]
     assert deltas == [
         {"role": "assistant", "content": None},
         {"role": "assistant", "content": "b"},  # choice 1's first delta
         {"content": "a"},
     ]
+
+
+def test_every_chunk_gets_the_first_chunks_created() -> None:
+    lines = [
+        b'data: {"created":100,"choices":[{"index":0,"delta":{"role":"assistant"}}]}',
+        b'data: {"created":100,"choices":[{"index":0,"delta":{"content":"a"}}]}',
+        b'data: {"created": 101,"choices":[{"index":0,"delta":{"content":"b"}}]}',
+    ]
+    raw = b"\n\n".join(lines) + b"\n\ndata: [DONE]\n\n"
+    out = collect(_as_openai_streams(pieces(raw[:30], raw[30:]), choices=1))
+    assert {e["created"] for e in events(out)} == {100}
+    assert [e["choices"][0]["delta"].get("content") for e in events(out)] == [None, "a", "b"]
 
 
 def test_completion_logprobs_take_openais_legacy_shape() -> None:
