@@ -138,6 +138,7 @@ class Model:
         self._replica_bytes: int | None = None  # one replica's memory, measured at its unload
         # Written by requests (lease) on the loop's thread.
         self.in_flight = 0
+        self._leasing = 0  # callers between lease's start and their replica (loading, queued)
         self.last_used: float = 0.0
         self._epoch = 0  # leases begun: a keep-alive timer armed before the last one is stale
         self._expiry: asyncio.TimerHandle | None = None
@@ -208,11 +209,21 @@ class Model:
         Loads the model first if needed. While a lease is held the model is busy: it is
         neither evicted nor unloaded for idleness, and a drain waits for it.
         """
-        await self.ensure_ready()
-        # No await between ensure_ready's last look at the state and joining the queue: a
-        # waiter only ever joins a ready model, and every way out of ready fails or serves it.
-        self.check(capability)
-        replica = await self.admission.acquire(self._live_replicas)
+        # A caller on its way to a replica keeps the model from idling out: a keep_alive of 0
+        # armed as its load completes must not unload it before the caller gets there.
+        self._leasing += 1
+        try:
+            await self.ensure_ready()
+            # No await between ensure_ready's last look at the state and joining the queue: a
+            # waiter only ever joins a ready model, and every way out of ready fails or serves
+            # it.
+            self.check(capability)
+            replica = await self.admission.acquire(self._live_replicas)
+        except BaseException:
+            self._leasing -= 1
+            self._arm_expiry()
+            raise
+        self._leasing -= 1
         self.in_flight += 1
         self._epoch += 1
         self._cancel_expiry()
@@ -534,7 +545,7 @@ class Model:
 
     async def _expired(self, epoch: int, generation: int) -> None:
         stale = epoch != self._epoch or generation != self.generation
-        if stale or self.in_flight > 0 or not self.ready:
+        if stale or self.in_flight > 0 or self._leasing > 0 or not self.ready:
             return
         self.log.event(f"idle for {self.spec.keep_alive:g} s (keep_alive): unloading")
         await self._unload()
@@ -577,7 +588,8 @@ class Model:
     def _arm_expiry(self) -> None:
         """(Re)start the keep-alive countdown once the model is idle; -1 means never."""
         self._cancel_expiry()
-        if self.spec.keep_alive >= 0 and self.in_flight == 0 and self.ready:
+        idle = self.in_flight == 0 and self._leasing == 0
+        if self.spec.keep_alive >= 0 and idle and self.ready:
             expired = functools.partial(self._expired, self._epoch, self.generation)
             self._expiry = asyncio.get_running_loop().call_later(
                 self.spec.keep_alive, self._tell, "keep-alive expired", expired
