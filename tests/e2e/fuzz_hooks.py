@@ -85,6 +85,12 @@ def fit_chat(body: dict[str, Any]) -> None:
     # goes with logprobs: true.
     if body.get("top_logprobs") is not None:
         body["logprobs"] = True
+    # No model of the fuzz config calls tools (SmolLM2's template has none: a 400 saying so),
+    # and a made-up JSON schema may hold keywords llama.cpp cannot enforce (a 400 naming them).
+    for key in ("tools", "tool_choice", "parallel_tool_calls"):
+        body.pop(key, None)
+    if isinstance(body.get("response_format"), dict) and "json_schema" in body["response_format"]:
+        body["response_format"] = {"type": "json_object"}
     if isinstance(body.get("messages"), list):
         body["messages"] = [fit_message(m) for m in body["messages"][:8]]
 
