@@ -3,10 +3,12 @@
 The scripts run as `.venv/bin/python bench/<script>.py` from the repository root, so this
 directory is first on `sys.path` and they import from here with `from common import ...`.
 
-  server    `free_port`, `write_config`, `start_server` (mmserve) and `start_process` (any
-            server, a peer's), `wait_until` with the checks `is_healthy`, `models_ready`,
-            `started` and `answers`, `terminate` and `stop_server`, `tail` of its log; or all
-            of it at once: `serving_mmserve` and `serving` (a peer's) as context managers
+  server    `free_port`, `write_config`, `start_server` (mmserve, this one or the one at a git
+            ref: `source_at`) and `start_process` (any server, a peer's), `wait_until` with
+            the checks `is_healthy`, `models_ready`, `started` and `answers`, `terminate` and
+            `stop_server`, `tail` of its log; or all of it at once: `serving_mmserve` and
+            `serving` (a peer's) as context managers
+  CPU       `cpu_seconds`: a process's (and its children's) CPU time, for CPU per request
   noise     `CpuMeter`: the CPU cores other programs kept busy during a measurement
   figures   `medians` per contender, `median_ratios` of two paired contenders
   context   `omp_env` (the OpenMP settings the server gives its model processes),
@@ -58,17 +60,47 @@ def write_config(directory: Path, config: dict[str, Any]) -> Path:
     return path
 
 
-def start_server(config: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    config: Path, log: Path, src: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     """Start `python -m mmserve serve --config CONFIG` on a free port, its output to `log`.
 
-    MMSERVE_CONFIG is taken out of its environment so that only `config` counts. Returns the
-    process and the server's base URL; it returns at once, without waiting for the server.
+    MMSERVE_CONFIG is taken out of its environment so that only `config` counts. With `src`
+    (a directory holding an `mmserve` package: see `source_at`) that mmserve runs, with this
+    venv. Returns the process and the server's base URL; it returns at once, without waiting
+    for the server.
     """
     port = free_port()
     command = [sys.executable, "-m", "mmserve", "serve", "--config", str(config)]
     command += ["--port", str(port)]
     env = {k: v for k, v in os.environ.items() if k != "MMSERVE_CONFIG"}
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(src), *filter(None, [env.get("PYTHONPATH")])])
     return start_process(command, log, env), f"http://127.0.0.1:{port}"
+
+
+# What `uvicorn[standard]` adds to plain uvicorn: uvicorn uses them when they import.
+STANDARD_EXTRAS = ("uvloop", "httptools")
+
+
+def source_at(ref: str, directory: Path) -> Path:
+    """mmserve's `src` as it was at git `ref`, extracted under `directory`: the directory to
+    hand `start_server` as `src`, to measure an older mmserve beside this one.
+
+    If that commit's pyproject.toml asked for plain uvicorn, a `sitecustomize` there hides
+    uvloop and httptools from it (this venv has them now), so that it runs as it then did.
+    """
+    repo = Path(__file__).resolve().parent.parent
+    target = directory / f"mmserve-{ref.replace('/', '_')}"
+    target.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "archive", ref, "src", "pyproject.toml"], cwd=repo, check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    if "uvicorn[standard]" not in (target / "pyproject.toml").read_text():
+        hide = "".join(f"sys.modules[{name!r}] = None\n" for name in STANDARD_EXTRAS)
+        (target / "src" / "sitecustomize.py").write_text(f"import sys\n{hide}")
+    return target / "src"
 
 
 def start_process(
@@ -89,21 +121,22 @@ def answers(url: str) -> bool:
     return httpx.get(url, timeout=5).status_code == 200
 
 
-def started(url: str, log: Path) -> bool:
+def started(url: str, log: Path, headers: Mapping[str, str] | None = None) -> bool:
     """Whether /ready answers 200 (the models loaded at start are); RuntimeError if one failed.
 
     Unlike `models_ready`, a model that loads on its first request (`preload: false`) does not
-    hold it up.
+    hold it up. `headers`: the API key, if the server has keys.
     """
     if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
         return True
-    models_ready(url, log)  # raises if a model failed to load
+    models_ready(url, log, headers)  # raises if a model failed to load
     return False
 
 
-def models_ready(url: str, log: Path) -> bool:
+def models_ready(url: str, log: Path, headers: Mapping[str, str] | None = None) -> bool:
     """Whether every model in /api/v1/ is `ready`; RuntimeError if one `failed` to load."""
-    states = [m["state"] for m in httpx.get(f"{url}/api/v1/", timeout=5).json()["models"]]
+    listing = httpx.get(f"{url}/api/v1/", timeout=5, headers=headers)
+    states = [m["state"] for m in listing.json()["models"]]
     if all(state == "ready" for state in states):
         return True
     if "failed" in states:
@@ -168,20 +201,22 @@ def stop_server(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
 
 @contextlib.contextmanager
 def serving_mmserve(
-    directory: Path, config: dict[str, Any], *, timeout: float = 300
+    directory: Path, config: dict[str, Any], *, timeout: float = 300, src: Path | None = None
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`mmserve serve` with `config` (written to `directory`), its start-up models ready.
+    """`mmserve serve` with `config` (written to `directory`), its start-up models ready; with
+    `src`, the mmserve found there (see `start_server`).
 
     Yields the base URL and the process; stops the server (and its children) at the end.
     RuntimeError (quoting the server's log) if it exits or a model fails to load first.
     """
     log = directory / "server.log"
-    proc, url = start_server(write_config(directory, config), log)
+    proc, url = start_server(write_config(directory, config), log, src)
+    headers = _auth(config)
     try:
         wait_until(
             proc,
             log,
-            lambda: is_healthy(url) and started(url, log),
+            lambda: is_healthy(url) and started(url, log, headers),
             timeout=timeout,
             interval=0.2,
             what="mmserve not ready",
@@ -217,7 +252,41 @@ def serving(
         stop_server(proc)
 
 
+def _auth(config: dict[str, Any]) -> dict[str, str]:
+    """The Authorization header of the config's first API key (none if it has no keys)."""
+    keys = config.get("api_keys") or []
+    return {"Authorization": f"Bearer {keys[0]['key']}"} if keys else {}
+
+
 # --- noise -------------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int, children: bool = True) -> float:
+    """CPU seconds of process `pid` so far (and of its children, alive now).
+
+    Read from each thread's /proc/PID/task/TID/schedstat (nanoseconds on a CPU) where Linux
+    has it: psutil's user + system time counts in clock ticks (10 ms), too coarse for a
+    request that costs a millisecond. A thread that ended meanwhile takes its time with it.
+    """
+    root = psutil.Process(pid)
+    procs = [root, *(root.children(recursive=True) if children else [])]
+    total = 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess, OSError):
+            total += _on_cpu(proc)
+    return total
+
+
+def _on_cpu(proc: psutil.Process) -> float:
+    tasks = Path(f"/proc/{proc.pid}/task")
+    if not tasks.is_dir():
+        times = proc.cpu_times()
+        return float(times.user + times.system)
+    total = 0
+    for task in tasks.iterdir():
+        with contextlib.suppress(OSError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
 
 
 class CpuMeter:

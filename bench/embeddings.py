@@ -18,7 +18,14 @@ httpx client in the benchmark's process. sentences/s = answered sentences / wall
 requests in flight when the time is up are awaited). After a short warm-up each, the rounds
 alternate the contenders; medians over the rounds.
 
+  mmserve at REF (with `--ref REF`): the mmserve of that git commit, the same config
+
+Each contender's row also has the one-client latency (p50; direct: one `encode` call) and the
+CPU time per request of the server process and of the model's process, from the kernel's
+counters over each figure's requests.
+
     .venv/bin/python bench/embeddings.py [--quick] [--threads T] [--rounds N] [--seconds S]
+                                         [--ref REF]
 """
 
 from __future__ import annotations
@@ -36,9 +43,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
-from clients import closed_loop
-from common import CpuMeter, omp_env, serving_mmserve
+from clients import Loop, closed_loop, percentile
+from common import CpuMeter, cpu_seconds, omp_env, serving_mmserve, source_at
 from harness import Failures, effective, parse_args, rounds_done, run_benchmark, run_rounds
 from peers import running_infinity
 from results import Column, Result, Row, Table
@@ -58,18 +66,34 @@ LABELS = {
 }
 
 
-Rates = Callable[[], tuple[float, float]]  # one measurement: sentences/s at 1 and at MANY clients
+@dataclass(frozen=True)
+class Figures:
+    """One contender's measurement: rates, the one-client latency, CPU per request."""
+
+    one: float | None = None  # sentences/s, 1 client
+    many: float | None = None  # sentences/s, 32 clients
+    p50_ms: float | None = None  # 1 client: a request's latency (direct: one encode), median
+    # CPU per request (µs), 1 and 32 clients: the server's process; the model's (its worker
+    # process for mmserve; this process's encode for the direct contender)
+    server_one: float | None = None
+    server_many: float | None = None
+    model_one: float | None = None
+    model_many: float | None = None
+
+
+Rates = Callable[[], Figures]
 
 
 @dataclass(frozen=True)
 class Sample:
-    one: float | None  # sentences/s, 1 client
-    many: float | None  # sentences/s, 32 clients
+    figures: Figures
     others: float  # CPU cores that other programs kept busy meanwhile (noise)
 
 
-def http_contender(url: str, seconds: float) -> Rates:
-    """sentences/s at 1 and at 32 clients, each for `seconds`."""
+def http_contender(url: str, seconds: float, pid: int | None = None) -> Rates:
+    """sentences/s, latency and CPU per request at 1 and at 32 clients, each for `seconds`.
+    With `pid` (a server whose model runs in a child process) its CPU is split: the server's
+    own process, and its children's."""
 
     async def send(client: httpx.AsyncClient, n: int, i: int) -> int:
         text = SENTENCES[(n + i) % len(SENTENCES)]
@@ -77,27 +101,62 @@ def http_contender(url: str, seconds: float) -> Rates:
         reply.raise_for_status()
         return len(reply.json()["data"])
 
-    async def level(clients: int) -> float:
+    def cpu() -> tuple[float, float]:
+        if pid is None:
+            return 0.0, 0.0
+        own = cpu_seconds(pid, children=False)
+        return own, cpu_seconds(pid) - own
+
+    async def level(clients: int) -> tuple[Loop, float, float]:
         limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
         async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+            (server, model) = cpu()
             loop = await closed_loop(clients, lambda n, i: send(client, n, i), seconds=seconds)
+            (server_after, model_after) = cpu()
         if loop.errors:
             raise RuntimeError(f"{len(loop.errors)} failed requests: {loop.errors[0]}")
-        return loop.per_second(float)
+        count = max(1, len(loop.samples))
+        return loop, (server_after - server) / count * 1e6, (model_after - model) / count * 1e6
 
-    return lambda: (asyncio.run(level(1)), asyncio.run(level(MANY)))
+    def run() -> Figures:
+        one, server_one, model_one = asyncio.run(level(1))
+        many, server_many, model_many = asyncio.run(level(MANY))
+        metered = pid is not None
+        # A server that runs its model in its own process (Infinity) has no model figure.
+        split = metered and bool(psutil.Process(pid).children())
+        return Figures(
+            one=one.per_second(float),
+            many=many.per_second(float),
+            p50_ms=percentile([t.seconds * 1000 for t in one.samples], 50),
+            server_one=server_one if metered else None,
+            server_many=server_many if metered else None,
+            model_one=model_one if split else None,
+            model_many=model_many if split else None,
+        )
+
+    return run
 
 
 def direct_contender(model: Any, seconds: float) -> Rates:
-    def rate(batch: int) -> float:
-        done, start = 0, time.perf_counter()
+    def rate(batch: int) -> tuple[float, list[float], float]:
+        """sentences/s, each call's seconds, CPU µs per sentence."""
+        done, times, start, cpu = 0, [], time.perf_counter(), time.process_time()
         while time.perf_counter() - start < seconds:
             texts = [SENTENCES[(done + k) % len(SENTENCES)] for k in range(batch)]
+            began = time.perf_counter()
             model.encode(texts, batch_size=batch, convert_to_numpy=True)
+            times.append(time.perf_counter() - began)
             done += batch
-        return done / (time.perf_counter() - start)
+        used = (time.process_time() - cpu) / done * 1e6
+        return done / (time.perf_counter() - start), times, used
 
-    return lambda: (rate(1), rate(MANY))
+    def run() -> Figures:
+        one, times, cpu_one = rate(1)
+        many, _, cpu_many = rate(MANY)
+        p50 = percentile([t * 1000 for t in times], 50)
+        return Figures(one=one, many=many, p50_ms=p50, model_one=cpu_one, model_many=cpu_many)
+
+    return run
 
 
 def best_contender(model: Any, seconds: float, threads: int) -> Rates:
@@ -106,29 +165,32 @@ def best_contender(model: Any, seconds: float, threads: int) -> Rates:
 
     direct = direct_contender(model, seconds)
 
-    def run() -> tuple[float, float]:
+    def run() -> Figures:
         torch.set_num_threads(os.cpu_count() or 1)
         try:
-            _, many = direct()
+            figures = direct()
         finally:
             torch.set_num_threads(threads)
-        return float("nan"), many
+        return Figures(many=figures.many)
 
     return run
 
 
 def measured(meter: CpuMeter, run: Rates) -> Callable[[], Sample]:
     def sample() -> Sample:
-        (one, many), others = meter.measure(run)
-        return Sample(one, many, others)
+        figures, others = meter.measure(run)
+        return Sample(figures, others)
 
     return sample
 
 
 def show(label: str, name: str, s: Sample) -> None:
+    f, nan = s.figures, float("nan")
     print(
-        f"  {label:8} {name:8} 1 client {s.one or float('nan'):7.1f}/s  "
-        f"{MANY} clients {s.many or float('nan'):7.1f}/s  others busy {s.others:.2f} cores"
+        f"  {label:8} {name:8} 1 client {f.one or nan:7.1f}/s p50 {f.p50_ms or nan:6.2f} ms "
+        f"(CPU µs/req server {f.server_one or nan:5.0f}, model {f.model_one or nan:6.0f})  "
+        f"{MANY} clients {f.many or nan:7.1f}/s (CPU µs/req server {f.server_many or nan:5.0f}, "
+        f"model {f.model_many or nan:6.0f})  others busy {s.others:.2f} cores"
     )
 
 
@@ -159,15 +221,27 @@ def measure(result: Result, args: argparse.Namespace) -> None:
         contextlib.ExitStack() as stack,
     ):
         model = {"name": MODEL, "kind": "embedding", "source": SOURCE, "threads": args.threads}
-        url, proc = stack.enter_context(serving_mmserve(Path(tmp), {"models": [model]}))
-        runs["mmserve"] = http_contender(url, args.seconds)
+        here = Path(tmp) / "mmserve"
+        here.mkdir()
+        url, proc = stack.enter_context(serving_mmserve(here, {"models": [model]}))
+        runs["mmserve"] = http_contender(url, args.seconds, proc.pid)
         warm["mmserve"] = http_contender(url, 0.5)
         pids.append(proc.pid)
+        if args.ref:
+            with failures.guard("before"):
+                there = Path(tmp) / "before"
+                there.mkdir()
+                src = source_at(args.ref, there)
+                config = {"models": [model]}
+                url, proc = stack.enter_context(serving_mmserve(there, config, src=src))
+                runs["before"] = http_contender(url, args.seconds, proc.pid)
+                warm["before"] = http_contender(url, 0.5)
+                pids.append(proc.pid)
         with failures.guard("infinity"):
             base, pid, installed = stack.enter_context(
                 running_infinity(Path(tmp), model_dir, MODEL, args.threads, batch_size=MANY)
             )
-            runs["infinity"] = http_contender(base, args.seconds)
+            runs["infinity"] = http_contender(base, args.seconds, pid)
             warm["infinity"] = http_contender(base, 0.5)
             pids.append(pid)
             versions = ", ".join(f"{k} {v}" for k, v in installed.versions.items())
@@ -190,6 +264,35 @@ def median(values: list[float | None]) -> float | None:
     return statistics.median(present) if present else None
 
 
+COLUMNS = [
+    Column("one", "1 client: sentences/s"),
+    Column("p50", "1 client: p50 ms", digits=2),
+    Column("many", f"{MANY} clients: sentences/s"),
+    Column("server_one", "server CPU µs/request (1 client)", digits=0),
+    Column("model_one", "model CPU µs/request (1 client)", digits=0),
+    Column("server_many", f"server CPU µs/request ({MANY})", digits=0),
+    Column("model_many", f"model CPU µs/request ({MANY})", digits=0),
+    Column("others", "others busy (cores)", digits=2, ratio=False),
+]
+
+
+def values_of(runs: list[Sample]) -> dict[str, float]:
+    def of(name: str) -> float | None:
+        return median([getattr(s.figures, name) for s in runs])
+
+    figures = {
+        "one": of("one"),
+        "p50": of("p50_ms"),
+        "many": of("many"),
+        "server_one": of("server_one"),
+        "model_one": of("model_one"),
+        "server_many": of("server_many"),
+        "model_many": of("model_many"),
+        "others": median([s.others for s in runs]),
+    }
+    return {k: v for k, v in figures.items() if v is not None}
+
+
 def fill(
     result: Result,
     samples: dict[str, list[Sample]],
@@ -197,39 +300,59 @@ def fill(
     args: argparse.Namespace,
     infinity_versions: str,
 ) -> None:
-    columns = [
-        Column("one", "1 client: sentences/s"),
-        Column("many", f"{MANY} clients: sentences/s"),
-        Column("others", "others busy (cores)", digits=2, ratio=False),
-    ]
-    rows = []
-    for name, label in LABELS.items():
+    rows, values = [], {}
+    for name, label in labels(args.ref).items():
         runs = samples.get(name, [])
         if name == "best" and not runs and name not in failures.reasons:
             continue  # as many cores as T: the direct row is the best already
-        values: dict[str, float] = {}
-        if runs:
-            figures = {
-                "one": median([s.one for s in runs]),
-                "many": median([s.many for s in runs]),
-                "others": median([s.others for s in runs]),
-            }
-            values = {k: v for k, v in figures.items() if v is not None}
-        rows.append(Row(label, values, note=failures.note(name), baseline=name == "mmserve"))
-    result.tables.append(Table(columns, rows))
+        values[name] = values_of(runs) if runs else {}
+        rows.append(Row(label, values[name], note=failures.note(name), baseline=name == "mmserve"))
+    result.tables.append(Table(COLUMNS, rows))
     cores = os.cpu_count() or 1
     done = rounds_done(samples, args.rounds)
     result.notes += [
         f"{done} after a short warm-up each; each figure is {args.seconds:g} s of "
         f"requests; {args.threads} thread(s) for every contender except the last row "
-        f"({cores} cores).",
+        f"({cores} cores). CPU per request: the server process's own, and the model's (mmserve: "
+        "its worker process; Infinity runs the model in its server process, so its row has "
+        "one figure for both; direct: the encode's, per sentence), from the kernel's counters.",
         f"{mmserve_batching(args.threads)} Infinity batches concurrent requests too, up to "
         f"its default of {MANY}.",
     ]
+    result.notes += targets(values)
     if infinity_versions:
         result.notes.append(
             f"Infinity's venv: {infinity_versions} (infinity-emb pins sentence-transformers < 4)."
         )
+
+
+def targets(values: dict[str, dict[str, float]]) -> list[str]:
+    """The issue's targets, as measured: latency over the direct encode, ratios."""
+    ours, direct, infinity = values.get("mmserve", {}), values.get("direct", {}), {}
+    infinity = values.get("infinity", {})
+    notes = []
+    if "p50" in ours and "p50" in direct:
+        notes.append(
+            f"One sentence, 1 client: mmserve p50 {ours['p50']:.2f} ms against "
+            f"{direct['p50']:.2f} ms for the direct encode: +{ours['p50'] - direct['p50']:.2f} ms "
+            "(target ≤ 2 ms)."
+        )
+    if "many" in ours and "many" in direct:
+        extra = ""
+        if "many" in infinity:
+            extra = f"; {ours['many'] / infinity['many']:.2f}x Infinity's (target ≥ 1.3)"
+        notes.append(
+            f"{MANY} clients: mmserve {ours['many'] / direct['many']:.2f}x one direct batched "
+            f"encode (target ≥ 0.9){extra}."
+        )
+    return notes
+
+
+def labels(ref: str | None) -> dict[str, str]:
+    found = dict(LABELS)
+    if ref:
+        found = {"mmserve": LABELS["mmserve"], "before": f"mmserve at `{ref}`", **LABELS}
+    return found
 
 
 def mmserve_batching(threads: int) -> str:
@@ -252,6 +375,7 @@ def mmserve_batching(threads: int) -> str:
 def extra(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, help="measured rounds (default 3; quick 1)")
     parser.add_argument("--seconds", type=float, help="seconds per figure (default 4; quick 2)")
+    parser.add_argument("--ref", help="also measure the mmserve of this git commit (before)")
 
 
 def main() -> None:

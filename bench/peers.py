@@ -6,8 +6,12 @@
   infinity `infinity-emb[server,torch]`, installed with the repository's constraints.txt so that
            torch stays the CPU build (plain torch pulls several GB of CUDA packages): serves a
            local sentence-transformers directory
+  litellm  `litellm[proxy]`, LiteLLM's proxy (the gateway users put in front of hosted APIs):
+           one worker, a config file naming one OpenAI-compatible upstream, no database, its
+           price list read from the package (no fetch), a master key as it requires
 
-`running_llama_server` and `running_infinity` start one for the span of a with block.
+`running_llama_server`, `running_infinity` and `running_litellm` start one for the span of a
+with block.
 `ensure(peer)` creates bench/.peers/NAME (a venv) and installs the peer the first time, again
 only when its requirements change (a stamp file holds them and the versions installed), checks
 that it imports, and returns its versions, or the reason it cannot be used: a benchmark shows
@@ -40,13 +44,15 @@ REPO = BENCH.parent
 PEERS = BENCH / ".peers"
 INSTALL_TIMEOUT = 1800  # seconds: a first install of infinity-emb with torch takes minutes
 INFINITY_VERSION = "0.0.78"
+LITELLM_VERSION = "1.110.0"
 
 # Run in the peer's venv: prints the versions the report names, or fails with the import error.
 PROBE = """
 import importlib, importlib.metadata as m, json, sys
 for module in sys.argv[1:]:
     importlib.import_module(module)
-names = ("llama-cpp-python", "infinity-emb", "sentence-transformers", "torch", "transformers")
+names = ("llama-cpp-python", "infinity-emb", "litellm", "sentence-transformers", "torch",
+         "transformers", "uvicorn", "uvloop", "httptools")
 found = {}
 for name in names:
     try:
@@ -102,6 +108,25 @@ def infinity() -> Peer:
         "Infinity",
         (f"infinity-emb[server,torch]=={INFINITY_VERSION}",),
         ("infinity_emb.infinity_server", "sentence_transformers", "torch"),
+    )
+
+
+def litellm() -> Peer:
+    """The proxy's code ships in the `litellm` wheel; its `proxy` extra also names a package
+    `litellm-proxy` that this registry does not have, so the extra's other requirements are
+    listed here instead (those the proxy imports when it serves a config file, no database)."""
+    extra = (
+        *("gunicorn", "uvicorn", "uvloop", "fastapi", "backoff", "pyyaml", "rq", "orjson"),
+        *("apscheduler", "fastapi-sso", "pyjwt", "python-multipart", "cryptography", "pynacl"),
+        *("websockets", "mcp", "litellm-proxy-extras", "litellm-enterprise", "polars", "rich"),
+        *("semver", "expression", "tomlkit", "restrictedpython", "soundfile", "inquirerpy"),
+        *("boto3", "azure-identity", "azure-storage-blob", "backports-zstd"),
+    )
+    return Peer(
+        "litellm",
+        "LiteLLM proxy",
+        (f"litellm=={LITELLM_VERSION}", *extra),
+        ("litellm.proxy.proxy_server",),
     )
 
 
@@ -292,3 +317,34 @@ def infinity_env(threads: int) -> dict[str, str]:
         **omp_env(threads),  # as mmserve gives its embedding model's process
         "MKL_NUM_THREADS": str(threads),
     }
+
+
+@contextlib.contextmanager
+def running_litellm(
+    directory: Path, upstream: str, name: str, upstream_model: str, master_key: str
+) -> Iterator[tuple[str, int, Installed]]:
+    """LiteLLM's proxy serving `name`, relayed to the OpenAI-compatible `upstream` (its base URL,
+    with /v1) as `upstream_model`, until the block ends; installed first if need be. Clients
+    send `master_key` as their bearer token. Yields its base URL, pid and versions;
+    RuntimeError, saying why, if it cannot be installed or started."""
+    installed = ensure(litellm())
+    if not installed.ok:
+        raise RuntimeError(installed.problem)
+    port = free_port()
+    params = {"model": f"openai/{upstream_model}", "api_base": upstream, "api_key": "unused"}
+    config = {"model_list": [{"model_name": name, "litellm_params": params}]}
+    path = directory / "litellm.yaml"
+    path.write_text(yaml.safe_dump(config))
+    command = [str(installed.peer.venv / "bin" / "litellm"), "--config", str(path)]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "LITELLM_MASTER_KEY": master_key,  # it refuses to start without one
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # the price list from the package, not fetched
+        "LITELLM_LOG": "ERROR",
+        "LITELLM_TELEMETRY": "False",
+        "DISABLE_SCHEMA_UPDATE": "True",
+    }
+    with serving(command, directory / "litellm.log", f"{url}/health/liveliness", env=env) as proc:
+        yield url, proc.pid, installed

@@ -7,7 +7,8 @@
                     sentence-transformers direct)
   4. swap.py        model swap with room for one model: requests/s, latency (mmserve,
                     llama_cpp.server, direct)
-  5. gateway.py     gateway overhead: a fast upstream directly and through mmserve's `http` model
+  5. gateway.py     gateway overhead: a fast upstream directly, through mmserve's `http` model
+                    and through LiteLLM's proxy; server CPU per request; `/health`
 
 First the peers are installed if they are not yet (bench/.peers/, from PyPI: see peers.py; the
 first install takes minutes and is not part of the time budget). Each benchmark then runs as its
@@ -45,7 +46,7 @@ from pathlib import Path
 import psutil
 
 from common import cpu_model
-from peers import Installed, ensure, infinity, llama_server
+from peers import Installed, ensure, infinity, litellm, llama_server
 from results import Result, render, wrap
 
 BENCH = Path(__file__).resolve().parent
@@ -71,7 +72,7 @@ BENCHMARKS = [
     Benchmark("chat-many", "chat_many.py", "2. Chat, 8 concurrent clients", 360),
     Benchmark("embeddings", "embeddings.py", "3. Embeddings, 1 and 32 concurrent clients", 240),
     Benchmark("swap", "swap.py", "4. Model swap", 240),
-    Benchmark("gateway", "gateway.py", "5. Gateway overhead", 150),
+    Benchmark("gateway", "gateway.py", "5. Gateway overhead", 200),
 ]
 
 
@@ -238,7 +239,7 @@ def main() -> None:
     args = parse_args()
     started = time.monotonic()
     print("peers: checking bench/.peers/ (installing what is missing)...")
-    peers = [ensure(llama_server()), ensure(infinity())]
+    peers = [ensure(llama_server()), ensure(infinity()), ensure(litellm())]
     for peer in peers:
         print(f"  {peer.peer.label}: {'ready' if peer.ok else peer.problem}")
     chosen = [b for b in BENCHMARKS if not args.only or b.key in args.only]

@@ -1,22 +1,19 @@
-"""Prometheus metrics: what the engine reports (Telemetry), what the HTTP layer sees, and the
-models' state read at scrape time. Label values are bounded: configured model names and route
-templates, never raw paths or other user input."""
+"""Prometheus metrics: what the engine reports (Telemetry), what the HTTP layer sees (`answered`,
+called by the Front middleware), and the models' state read at scrape time. Label values are
+bounded: configured model names and route templates, never raw paths or other user input."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mmserve.engine.manager import ModelManager
 from mmserve.engine.model import ModelState
-from mmserve.engine.telemetry import REQUEST_TALLY, Tally
 
-__all__ = ["HttpMetrics", "Metrics"]
+__all__ = ["Metrics"]
 
 # Seconds: from a few ms (embeddings, errors) to minutes (long generations, cold loads).
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -28,6 +25,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._answered: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         r = self.registry
         self.requests = Counter(
             "mmserve_requests", "HTTP requests answered", ["model", "route", "status"], registry=r
@@ -56,6 +54,20 @@ class Metrics:
             "mmserve_batch_size", "requests run together in one batch (embedding, vision)",
             ["model"], buckets=BATCH_BUCKETS, registry=r,
         )  # fmt: skip
+
+    def answered(self, model: str, route: str, status: int, seconds: float) -> None:
+        """One HTTP request answered (the Front middleware calls this for every request)."""
+        # Label values are bounded (configured models, route templates, statuses), so the
+        # children can be kept: `labels()` looks them up under a lock, twice per request.
+        key = (model, route, status)
+        children = self._answered.get(key)
+        if children is None:
+            children = self._answered[key] = (
+                self.requests.labels(model, route, str(status)),
+                self.latency.labels(model, route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def watch(self, manager: ModelManager) -> None:
         """Report the models' live state (queues, replicas, memory) at every scrape."""
@@ -112,46 +124,3 @@ class ModelStateCollector(Collector):
             for index, replica in enumerate(model.replicas):
                 memory.add_metric([name, str(index)], replica.resident_bytes() or 0)
         yield from (queue, running, states, replicas, memory)
-
-
-# A request that named a model, once answered: (model, route, status, seconds, tokens).
-RequestHook = Callable[[str, str, int, float, int], None]
-
-
-class HttpMetrics:
-    """ASGI middleware: count every answered request by model, route template and status, and
-    hand each one that named a model to `on_request` (the model's log)."""
-
-    def __init__(
-        self, app: ASGIApp, metrics: Metrics, on_request: RequestHook | None = None
-    ) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.on_request = on_request
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.monotonic()
-        status = 500  # if the app fails before answering
-
-        async def record_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        tally = Tally()
-        token = REQUEST_TALLY.set(tally)
-        try:
-            await self.app(scope, receive, record_status)
-        finally:
-            REQUEST_TALLY.reset(token)
-            route = getattr(scope.get("route"), "path", "unmatched")
-            model = scope.get("state", {}).get("model", "")  # set by handlers, a configured name
-            latency = time.monotonic() - started
-            self.metrics.requests.labels(model, route, str(status)).inc()
-            self.metrics.latency.labels(model, route).observe(latency)
-            if model and self.on_request is not None:
-                self.on_request(model, route, status, latency, tally.tokens)

@@ -1,4 +1,4 @@
-"""ASGI middleware: API keys and the request body limit.
+"""ASGI middleware (`Front`): request ids, metrics, API keys and the request body limit.
 
 Plain ASGI rather than Starlette's BaseHTTPMiddleware, so that streamed responses pass through
 untouched and a client that leaves still cancels its stream.
@@ -7,26 +7,24 @@ untouched and a client that leaves still cancels its stream.
 from __future__ import annotations
 
 import hmac
-import json
 import re
+import time
 import uuid
-from typing import Any
+from collections.abc import Callable
 
+import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mmserve.api.metrics import Metrics
 from mmserve.config import ApiKey
+from mmserve.engine.telemetry import REQUEST_TALLY, Tally
 from mmserve.errors import MMServeError, PayloadTooLarge, Unauthorized
 from mmserve.logformat import REQUEST_ID
 
-__all__ = [
-    "OPEN_PATHS",
-    "PROBES",
-    "ApiKeyAuth",
-    "BodyLimit",
-    "RequestId",
-    "is_open",
-    "send_error",
-]
+__all__ = ["OPEN_PATHS", "PROBES", "Front", "RequestHook", "is_open", "send_error"]
+
+# A request that named a model, once answered: (model, route, status, seconds, tokens).
+RequestHook = Callable[[str, str, int, float, int], None]
 
 # Reachable without a key: liveness and readiness probes must work before anyone has a key.
 PROBES = frozenset({"/health", "/ready"})
@@ -49,33 +47,85 @@ async def send_error(send: Send, error: MMServeError) -> None:
     headers = [(b"content-type", b"application/json")]
     headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": json.dumps(error.envelope()).encode()})
+    await send({"type": "http.response.body", "body": orjson.dumps(error.envelope())})
 
 
-class ApiKeyAuth:
-    """Every path but the open ones (`is_open`) needs one of the configured keys, as
-    `Authorization: Bearer KEY` or `x-api-key: KEY`. The key's scopes go to
-    `request.state.scopes` for the routes that need more than `inference`. Keys are compared in
-    constant time and never logged."""
+class Front:
+    """Every HTTP request's way in, as one ASGI layer: its request id, its metrics, its API key,
+    its body limit, in that order (a 401 or a 413 is counted and carries its request id).
 
-    def __init__(self, app: ASGIApp, keys: list[ApiKey]) -> None:
+    One layer with one wrapped `send`, where there were four nested middlewares, each wrapping
+    `send` and copying the headers into a dict of its own: a tenth of a small request's time in
+    the server went there (docs/benchmarks.md, "Per-request overhead").
+
+    - Request id: the client's own `x-request-id` if it is a sane token, else a new one; every
+      reply carries it, and log records written while the request runs (logformat.REQUEST_ID).
+    - Metrics: every answered request by model, route template and status (`Metrics.answered`),
+      and each one that named a model handed to `on_request` (the model's log).
+    - API keys (when configured): every path but the open ones (`is_open`) needs one of them, as
+      `Authorization: Bearer KEY` or `x-api-key: KEY`; its scopes go to `request.state.scopes`.
+      Keys are compared in constant time and never logged.
+    - Body limit: a body over `limit` bytes is a 413, by Content-Length or as it streams.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        limit: int,
+        keys: list[ApiKey] | None = None,
+        on_request: RequestHook | None = None,
+    ) -> None:
         self.app = app
+        self.metrics = metrics
+        self.limit = limit
         self.keys: list[tuple[bytes, list[str]]] = [
-            (k.key.get_secret_value().encode(), list(k.scopes)) for k in keys
+            (k.key.get_secret_value().encode(), list(k.scopes)) for k in keys or []
         ]
+        self.on_request = on_request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or is_open(scope["path"]):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        scopes = self._scopes_for(_presented_key(scope))
-        if scopes is None:
-            await send_error(
-                send, Unauthorized("a valid API key is required: send Authorization: Bearer KEY")
-            )
-            return
-        scope.setdefault("state", {})["scopes"] = scopes
-        await self.app(scope, receive, send)
+        headers: dict[bytes, bytes] = dict(scope["headers"])
+        given = headers.get(b"x-request-id", b"")
+        rid = given.decode() if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        tagged = (b"x-request-id", rid.encode())
+        status = 500  # if the app fails before answering
+
+        async def respond(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), tagged]}
+            await send(message)
+
+        started, tally = time.monotonic(), Tally()
+        rid_token, tally_token = REQUEST_ID.set(rid), REQUEST_TALLY.set(tally)
+        try:
+            refusal = self._refusal(scope, headers)
+            if refusal is not None:
+                await send_error(respond, refusal)
+            else:
+                await self.app(scope, self._receive(receive, headers), respond)
+        finally:
+            REQUEST_TALLY.reset(tally_token)
+            self._record(scope, status, time.monotonic() - started, tally.tokens)
+            REQUEST_ID.reset(rid_token)  # after the record: the model's log line carries it
+
+    def _refusal(self, scope: Scope, headers: dict[bytes, bytes]) -> MMServeError | None:
+        """A 401 or a 413 to answer at once, or None (the key's scopes then in the state)."""
+        if self.keys and not is_open(scope["path"]):
+            scopes = self._scopes_for(_presented_key(headers))
+            if scopes is None:
+                return Unauthorized("a valid API key is required: send Authorization: Bearer KEY")
+            scope.setdefault("state", {})["scopes"] = scopes
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return self._too_large()
+        return None
 
     def _scopes_for(self, presented: bytes) -> list[str] | None:
         found = None
@@ -84,75 +134,38 @@ class ApiKeyAuth:
                 found = scopes
         return found
 
-
-def _presented_key(scope: Scope) -> bytes:
-    headers: dict[bytes, bytes] = dict(scope["headers"])
-    authorization = headers.get(b"authorization", b"")
-    if authorization[:7].lower() == b"bearer ":
-        return authorization[7:].strip()
-    return headers.get(b"x-api-key", b"").strip()
-
-
-class BodyLimit:
-    """Refuse request bodies over `limit` bytes with a 413, by Content-Length or as they stream."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await send_error(send, self._error())
-            return
-        await self.app(scope, self._counting(receive), send)
-
-    def _counting(self, receive: Receive) -> Receive:
+    def _receive(self, receive: Receive, headers: dict[bytes, bytes]) -> Receive:
+        """`receive`, counting the body's bytes when no Content-Length bounds them (a chunked
+        body): the server's parser never passes on more than a declared length."""
+        if b"content-length" in headers:
+            return receive
         seen = 0
 
         async def counted() -> Message:
             nonlocal seen
-            message: dict[str, Any] = dict(await receive())
+            message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise self._error()  # rendered by the app's error handler
+                raise self._too_large()  # rendered by the app's error handler
             return message
 
         return counted
 
-    def _error(self) -> PayloadTooLarge:
+    def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(
             f"the request body is larger than {self.limit} bytes (max_body_bytes)"
         )
 
+    def _record(self, scope: Scope, status: int, seconds: float, tokens: int) -> None:
+        route = getattr(scope.get("route"), "path", "unmatched")
+        model = scope.get("state", {}).get("model", "")  # set by handlers, a configured name
+        self.metrics.answered(model, route, status, seconds)
+        if model and self.on_request is not None:
+            self.on_request(model, route, status, seconds, tokens)
 
-class RequestId:
-    """Every reply carries `x-request-id`: the client's own (if it is a sane token) or a new one.
-    Log records written while the request runs carry it too (see logformat.REQUEST_ID)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = dict(scope["headers"]).get(b"x-request-id", b"")
-        rid = given.decode() if _REQUEST_ID.match(given) else uuid.uuid4().hex
-
-        async def tagged(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {
-                    **message,
-                    "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())],
-                }
-            await send(message)
-
-        token = REQUEST_ID.set(rid)
-        try:
-            await self.app(scope, receive, tagged)
-        finally:
-            REQUEST_ID.reset(token)
+def _presented_key(headers: dict[bytes, bytes]) -> bytes:
+    authorization = headers.get(b"authorization", b"")
+    if authorization[:7].lower() == b"bearer ":
+        return authorization[7:].strip()
+    return headers.get(b"x-api-key", b"").strip()

@@ -1,9 +1,15 @@
 """Dynamic batching: concurrent requests to one replica, run as one call of the engine.
 
-A request waits at most `max_wait` seconds after the first of its batch arrived, or until the
-batch holds `max_batch_size` items; then the batch runs, one batch at a time per replica, and
-whatever arrived meanwhile forms the next one. Each request is one item (one image, one list
-of sentences); `run` maps a list of items to a list of results in the same order.
+A request that finds the replica idle, nothing else queued and the last batch run alone, runs
+at once: waiting for company that does not come is what a lone client paid on every call
+(batch_wait, 5 ms, was a third of a one-sentence embedding's time through the server). One batch
+runs at a time per replica, and whatever arrives meanwhile forms the next one. Otherwise, when
+requests come together (several are queued, or the last batch held several), a batch waits at
+most `max_wait` seconds after its first request arrived for more, up to `max_batch_size`: under
+load, running each request as it comes would make batches of one or two while the others are
+still on their way through HTTP (measured: 125 sentences/s with 32 clients, against 165 with
+the wait). Each request is one item (one image, one list of sentences); `run` maps a list
+of items to a list of results in the same order.
 
 A batch that fails with a request error (a bad input, a backend error) is retried item by item,
 so that one bad request fails alone and never takes its neighbours with it. A failure of the
@@ -99,7 +105,10 @@ class Batcher(Generic[T, R]):
 
     async def _next_batch(self) -> list[tuple[T, asyncio.Future[R]]]:
         deadline = self._pending[0][2] + self.max_wait
-        while len(self._pending) < self.max_batch_size:
+        # A lone request does not wait, unless requests came together a moment ago (see the
+        # module docstring).
+        lone = self.stats.sizes[-1] <= 1 if self.stats.sizes else True
+        while len(self._pending) < self.max_batch_size and (len(self._pending) > 1 or not lone):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break

@@ -25,7 +25,7 @@ from mmserve.types import (
     TextEvent,
     WorkerInfo,
 )
-from mmserve.workers.protocol import Chunk, Result
+from mmserve.workers.protocol import VECTORS_ENCODING, Chunk, Result, embed_result_of
 from mmserve.workers.supervisor import WorkerProcess
 
 __all__ = ["ProcessReplica", "backend_spec", "default_threads"]
@@ -150,11 +150,12 @@ class ProcessReplica(Replica):
         return results
 
     async def _embed(self, request: EmbedRequest) -> EmbedResult:
-        replies = self.worker.request("embed", request.model_dump())
+        body = {**request.model_dump(), VECTORS_ENCODING: "base64"}  # see workers.protocol
+        replies = self.worker.request("embed", body)
         async with contextlib.aclosing(replies):
             async for reply in replies:
                 if isinstance(reply, Result):
-                    return EmbedResult.model_validate(reply.data)
+                    return embed_result_of(reply.data)  # its vectors as floats or as bytes
         raise BackendError("the worker ended an embedding request without a result")
 
     async def call(self, body: dict[str, Any]) -> Any:

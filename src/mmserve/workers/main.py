@@ -34,6 +34,7 @@ from mmserve.workers.protocol import (
     Request,
     Result,
     decode_request,
+    embed_result_data,
     encode,
 )
 
@@ -175,7 +176,7 @@ class Worker:
             return
         if op == "embed":
             result = self.backend.embed(EmbedRequest.model_validate(body))
-            self.writer.send(Result(id=rid, data=result.model_dump()))
+            self.writer.send(Result(id=rid, data=embed_result_data(result, body)))
             return
         if op == "call":
             self.writer.send(Result(id=rid, data=self.backend.call(body)))

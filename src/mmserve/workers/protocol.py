@@ -8,14 +8,17 @@ cancel one. The same protocol is how user programs in any language plug in (`kin
 
 from __future__ import annotations
 
+import base64
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from mmserve.types import WorkerInfo
+from mmserve.types import EmbedResult, WorkerInfo
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "VECTORS_ENCODING",
     "Chunk",
     "ErrorInfo",
     "ErrorReply",
@@ -27,6 +30,8 @@ __all__ = [
     "WorkerInfo",
     "decode_reply",
     "decode_request",
+    "embed_result_data",
+    "embed_result_of",
     "encode",
 ]
 
@@ -104,3 +109,56 @@ def decode_reply(line: bytes | str) -> Reply:
 
 def decode_request(line: bytes | str) -> Request:
     return Request.model_validate_json(line)
+
+
+# ---- an `embed` result's vectors ----------------------------------------------------------------
+#
+# `{"vectors": [[FLOAT, ...], ...]}` is what a child sends by default. A request whose body says
+# `"vectors_encoding": "base64"` (mmserve's parent always does) may be answered with the vectors'
+# bytes instead: `{"vectors_base64": B64, "dtype": "float32", "dimensions": N}` (little-endian,
+# one vector after the other); a program that ignores the field still answers with floats.
+# Writing and parsing 384 floats as decimal text cost ~90 µs per vector between the two
+# processes, against ~10 µs for their bytes. float32 when that holds every value exactly (a
+# model's own output does), else float64: the parent gets exactly the numbers the backend
+# returned, either way.
+
+VECTORS_ENCODING = "vectors_encoding"  # the field of an embed request's body
+
+_DTYPES = {"float32": "<f4", "float64": "<f8"}
+
+
+def embed_result_data(result: EmbedResult, body: dict[str, Any]) -> dict[str, Any]:
+    """An EmbedResult as the data of the result to `embed` request `body`: its vectors as
+    bytes if the request asks for them so, else as floats."""
+    if body.get(VECTORS_ENCODING) != "base64":
+        return result.model_dump()
+    data = result.model_dump(exclude={"vectors"})
+    try:
+        wide = np.asarray(result.vectors, dtype="<f8")
+    except ValueError:  # vectors of different lengths: as floats, for the parent to judge
+        return result.model_dump()
+    narrow = wide.astype("<f4")
+    exact = bool(np.array_equal(narrow, wide))
+    matrix = narrow if exact else wide
+    dimensions = matrix.shape[1] if matrix.ndim == 2 else 0
+    data.update(
+        vectors_base64=base64.b64encode(matrix.tobytes()).decode("ascii"),
+        dtype="float32" if exact else "float64",
+        dimensions=dimensions,
+    )
+    return data
+
+
+def embed_result_of(data: dict[str, Any]) -> EmbedResult:
+    """An `embed` result's data as an EmbedResult, the vectors sent as floats or as bytes.
+    Raises pydantic.ValidationError (or ValueError) on malformed data."""
+    encoded = data.get("vectors_base64")
+    if encoded is None:
+        return EmbedResult.model_validate(data)
+    dtype = _DTYPES.get(str(data.get("dtype")))
+    if dtype is None or not isinstance(encoded, str):
+        raise ValueError(f"an embed result's dtype must be one of {sorted(_DTYPES)}")
+    flat = np.frombuffer(base64.b64decode(encoded, validate=True), dtype=dtype)
+    dimensions = int(data.get("dimensions") or 0)
+    vectors = flat.reshape(-1, dimensions).tolist() if dimensions else []
+    return EmbedResult.model_validate({**data, "vectors": vectors})

@@ -37,18 +37,29 @@ async def test_concurrent_items_run_in_few_batches_in_order() -> None:
     assert batcher.stats.to_json() == {"calls": 2, "items": 16, "largest": 8}
 
 
-async def test_a_lone_item_waits_at_most_max_wait() -> None:
+async def test_a_lone_item_on_an_idle_replica_runs_at_once() -> None:
+    engine = Engine(seconds=0)
+    batcher = Batcher(engine.run, max_batch_size=8, max_wait=0.5)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await batcher.submit(3) == 6
+    assert await batcher.submit(4) == 8
+    assert loop.time() - started < 0.25  # neither waited max_wait for company
+    assert engine.calls == [[3], [4]]
+
+
+async def test_items_queued_together_wait_at_most_max_wait_for_company() -> None:
     engine = Engine(seconds=0)
     batcher = Batcher(engine.run, max_batch_size=8, max_wait=0.05)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    assert await batcher.submit(3) == 6
-    assert 0.04 < loop.time() - started < 1.0
-    late = asyncio.create_task(batcher.submit(4))
+    first = [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]
     await asyncio.sleep(0.01)
-    assert not late.done()  # still waiting for company
-    assert await late == 8
-    assert engine.calls == [[3], [4]]
+    assert not any(task.done() for task in first)  # two queued: they wait for more
+    late = asyncio.create_task(batcher.submit(3))
+    assert await asyncio.gather(*first, late) == [2, 4, 6]
+    assert 0.04 < loop.time() - started < 1.0
+    assert engine.calls == [[1, 2, 3]]
 
 
 async def test_arrivals_during_a_batch_form_the_next_one() -> None:
@@ -103,3 +114,18 @@ async def test_close_fails_what_waits_and_what_runs() -> None:
     for task in (running, queued):
         with pytest.raises(ModelUnavailable):
             await task
+
+
+async def test_after_a_batch_of_several_a_lone_item_waits_for_company() -> None:
+    engine = Engine(seconds=0)
+    batcher = Batcher(engine.run, max_batch_size=8, max_wait=0.05)
+    await asyncio.gather(*(batcher.submit(i) for i in (1, 2)))  # requests come together
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    lone = asyncio.create_task(batcher.submit(3))
+    await asyncio.sleep(0.01)
+    assert not lone.done()  # more are likely on their way: it waits, up to max_wait
+    company = asyncio.create_task(batcher.submit(4))
+    assert await asyncio.gather(lone, company) == [6, 8]
+    assert loop.time() - started > 0.04
+    assert engine.calls == [[1, 2], [3, 4]]
