@@ -193,7 +193,10 @@ class ModelSpec(_Strict):
         "(small batches keep the model busy while the next requests arrive: docs/benchmarks.md)",
     )
     batch_wait: float = Field(
-        0.005, ge=0, description="seconds a batch waits for more requests after its first"
+        0.005,
+        ge=0,
+        description="seconds a batch waits for more requests after its first (a request alone, "
+        "after a batch that ran alone, runs at once)",
     )
 
     @field_validator("name", "aliases")
