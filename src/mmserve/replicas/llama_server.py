@@ -214,6 +214,7 @@ class LlamaServerReplica(ServerReplica):
             )
         if path != "/chat/completions":
             return body, None
+        body = _answers_have_content(body)
         wanted = body.get("response_format") or {}
         if wanted.get("type") == "json_schema":
             self._check_schema(
@@ -404,6 +405,24 @@ def _with_role(line: bytes, waiting: set[int]) -> bytes:
             choice["delta"] = {"role": "assistant", **choice["delta"]}
             changed = True
     return b"data: " + json.dumps(event, ensure_ascii=False).encode() if changed else line
+
+
+def _answers_have_content(body: dict[str, Any]) -> dict[str, Any]:
+    """An earlier answer with neither content nor calls (OpenAI allows it) as an empty one:
+    llama-server refuses an assistant message that has neither."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return body
+    fixed = [
+        {**m, "content": ""}
+        if isinstance(m, dict)
+        and m.get("role") == "assistant"
+        and m.get("content") is None
+        and not m.get("tool_calls")
+        else m
+        for m in messages
+    ]
+    return {**body, "messages": fixed}
 
 
 def _legacy_logprobs_asked(path: str, body: dict[str, Any]) -> bool:
