@@ -89,6 +89,9 @@ def fit_chat(body: dict[str, Any]) -> None:
     # and a made-up JSON schema may hold keywords llama.cpp cannot enforce (a 400 naming them).
     for key in ("tools", "tool_choice", "parallel_tool_calls"):
         body.pop(key, None)
+    for message in body.get("messages") or ():  # nor a history of calls it never could make
+        if isinstance(message, dict) and message.get("role") == "assistant":
+            message.pop("tool_calls", None)
     if isinstance(body.get("response_format"), dict) and "json_schema" in body["response_format"]:
         body["response_format"] = {"type": "json_object"}
     if isinstance(body.get("messages"), list):
