@@ -414,15 +414,21 @@ def _answers_have_content(body: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(messages, list):
         return body
     fixed = [
-        {**m, "content": ""}
-        if isinstance(m, dict)
-        and m.get("role") == "assistant"
-        and m.get("content") is None
-        and not m.get("tool_calls")
-        else m
-        for m in messages
+        _answer(m) if isinstance(m, dict) and m.get("role") == "assistant" else m for m in messages
     ]
     return {**body, "messages": fixed}
+
+
+def _answer(message: dict[str, Any]) -> dict[str, Any]:
+    """An earlier answer as llama-server takes it: its content parts joined into one text
+    (it knows no refusal parts), and some content when it has no calls."""
+    content = message.get("content")
+    if isinstance(content, list):
+        texts = [p.get("text") or p.get("refusal") or "" for p in content if isinstance(p, dict)]
+        content = "\n".join(t for t in texts if t)
+    if content is None and not message.get("tool_calls"):
+        content = ""
+    return {**message, "content": content}
 
 
 def _legacy_logprobs_asked(path: str, body: dict[str, Any]) -> bool:
