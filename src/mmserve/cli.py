@@ -170,12 +170,18 @@ def format_status(status: dict[str, Any]) -> str:
         ("MODEL", "KIND", "STATE", "REPLICAS", "IN-FLIGHT", "SLOTS", "MEMORY", "IDLE")
     ]
     for m in status["models"]:
-        replicas = " ".join(f"{r['pid']}@{r['device']}" for r in m["replicas"]) or "-"
+        replicas = " ".join(f"{r['pid']}@{_where(r)}" for r in m["replicas"]) or "-"
         memory = f"{m['resident_bytes'] / 2**20:.0f} MB" if m["resident_bytes"] else "-"
         idle = f"{time.time() - m['last_used']:.0f} s" if m["last_used"] else "-"
         row = (m["name"], m["kind"], m["state"], replicas, str(m["in_flight"]), _slots(m))
         rows.append((*row, memory, idle))
     return table(rows)
+
+
+def _where(replica: dict[str, Any]) -> str:
+    """A replica's device; a Ray replica's node (its id's first 8 digits, as `ray status`)."""
+    node = replica.get("node")
+    return f"ray:{node[:8]}" if isinstance(node, str) else str(replica["device"])
 
 
 def _slots(model: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ Every mistake becomes a ConfigError that names the file and the key.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import signal
@@ -29,14 +30,23 @@ from pydantic import (
 
 from mmserve.catalog import CATALOG_PREFIX, catalog_entry, is_catalog_source
 from mmserve.errors import ConfigError
-from mmserve.registry import backends_of, default_backend, entry, missing_packages, vision_threads
+from mmserve.registry import (
+    backends_of,
+    default_backend,
+    entry,
+    missing_packages,
+    vision_threads,
+)
 
 __all__ = [
     "DEFAULT_MODELS",
+    "RAY_KINDS",
     "SERVER_FIELDS",
+    "ClusterSpec",
     "Kind",
     "MissingModels",
     "ModelSpec",
+    "RayResources",
     "Settings",
     "fill_placeholders",
     "load_settings",
@@ -68,6 +78,161 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---- Placement on a Ray cluster (docs/cluster.md) ---------------------------------------------
+# `cluster:` names the cluster; a model's `placement: ray` runs each replica as a Ray actor there
+# (replicas.ray), reserving its `resources:`. Kept in this block; ModelSpec and Settings each
+# have two fields and one check that call into it.
+
+RAY_KINDS = ("llm", "embedding")  # kinds whose backend (mmserve's own code) runs in a Ray actor
+_RAY_ADDRESS = re.compile(r"^(auto|(ray://)?[A-Za-z0-9.\-]+:\d+)$")
+_RAY_RESERVED = ("CPU", "GPU", "memory", "object_store_memory")  # Ray's names, not custom ones
+
+
+class RayResources(_Strict):
+    """What each replica's Ray actor reserves on its node: Ray places the actor on a node that
+    has all of it free (and the labels asked), and holds it for the actor's life."""
+
+    num_cpus: float | None = Field(
+        None,
+        ge=0,
+        description="logical CPUs; default: the model's threads (default 1), which are also "
+        "its thread budget",
+    )
+    num_gpus: float = Field(
+        0, ge=0, description="GPUs (a fraction shares one); the backend runs on the GPU Ray gives"
+    )
+    memory: int | None = Field(
+        None,
+        ge=0,
+        description="bytes (or '2GiB') reserved on the node; default: the replica's memory as "
+        "measured at its last unload, else its weights plus 150 MiB",
+    )
+    custom: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom resources that nodes declare (`ray start --resources "
+        "'{\"gpu_box\": 1}'`)",
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="node labels the node must have (`ray start --labels zone=a`)",
+    )
+    prefer_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="node labels preferred: such a node when one can take the actor, else any "
+        "(so a replica whose node is gone restarts elsewhere)",
+    )
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, value: object) -> object:
+        return parse_bytes(value) if isinstance(value, str) else value
+
+    @field_validator("custom")
+    @classmethod
+    def _custom(cls, custom: dict[str, float]) -> dict[str, float]:
+        for name, amount in custom.items():
+            if name in _RAY_RESERVED:
+                raise ValueError(f"custom: {name!r} is Ray's own resource: give it by its key")
+            if amount <= 0:
+                raise ValueError(f"custom: {name} must be more than 0")
+        return custom
+
+
+class ClusterSpec(_Strict):
+    """The Ray cluster that models with `placement: ray` run on (`pip install 'mmserve[ray]'`)."""
+
+    engine: Literal["ray"] = Field("ray", description="the cluster engine (Ray is the one)")
+    address: str = Field(
+        "auto",
+        description="auto (the cluster this machine is a node of, as `ray start` left it), "
+        "HOST:PORT of the head node (its GCS port, 6379 by default), or ray://HOST:PORT (Ray "
+        "Client, port 10001: the front need not be a node)",
+    )
+    namespace: str = Field("mmserve", min_length=1, description="the Ray namespace of the actors")
+    connect_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="seconds a replica waits to reach the cluster; then its model fails with "
+        "the reason",
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, address: str) -> str:
+        if not _RAY_ADDRESS.match(address):
+            raise ValueError(f"address {address!r} must be auto, HOST:PORT or ray://HOST:PORT")
+        return address
+
+    @model_validator(mode="after")
+    def _installed(self) -> ClusterSpec:
+        # find_spec looks the package up without importing it: the front never imports Ray.
+        if importlib.util.find_spec("ray") is None:
+            raise ValueError(
+                "engine ray needs the ray package, which is not installed: "
+                "pip install 'mmserve[ray]'"
+            )
+        return self
+
+
+def default_placements(data: object) -> object:
+    """The raw settings with `placement: ray` filled in, once a cluster is configured, for each
+    llm and embedding model that names no placement, no backend Ray cannot run (llama_server)
+    and no GPU of this machine."""
+    if not isinstance(data, dict) or not data.get("cluster"):
+        return data
+    models = data.get("models")
+    if not isinstance(models, list):
+        return data
+    runs_in_ray = set(backends_of("llm", "ray")) | set(backends_of("embedding", "ray"))
+
+    def clustered(model: dict[str, Any]) -> bool:
+        return (
+            "placement" not in model
+            and model.get("kind") in RAY_KINDS
+            and model.get("command") is None
+            and model.get("backend") in (None, *runs_in_ray)
+            and all(d == "cpu" for d in model.get("devices") or ["cpu"])  # GPUs named here
+        )
+
+    filled = [
+        {**m, "placement": "ray"} if isinstance(m, dict) and clustered(m) else m for m in models
+    ]
+    return {**data, "models": filled}
+
+
+def check_ray_placement(spec: ModelSpec) -> None:
+    """ValueError unless a spec's placement and resources go together (called by ModelSpec)."""
+    if spec.placement != "ray":
+        if spec.resources is not None:
+            raise ValueError("resources go with placement: ray (what its Ray actors reserve)")
+        return
+    if spec.kind not in RAY_KINDS or spec.command is not None:
+        raise ValueError(
+            f"placement: ray runs llm and embedding models (mmserve's backend in a Ray actor); "
+            f"kind {spec.kind} runs on this machine (placement: local)"
+        )
+    if "devices" in spec.model_fields_set and any(d != "cpu" for d in spec.devices):
+        raise ValueError(
+            "placement: ray takes replicas: N, not devices: Ray picks each replica's node, and "
+            "its GPUs are resources.num_gpus"
+        )
+    if spec.backend is not None and spec.backend not in backends_of(spec.kind, "ray"):
+        known = ", ".join(backends_of(spec.kind, "ray"))
+        why = (
+            " (llama_server is a program run on this machine; in a Ray actor a GGUF model runs "
+            "on llama-cpp-python, the same llama.cpp: backend llama_cpp, the default there)"
+            if spec.backend == LLAMA_SERVER
+            else ""
+        )
+        raise ValueError(
+            f"backend {spec.backend!r} does not run in a Ray actor{why}; with placement: ray, "
+            f"kind {spec.kind} takes {known}"
+        )
+
+
+# ---- end of the Ray block -----------------------------------------------------------------------
 
 
 class ModelSpec(_Strict):
@@ -198,6 +363,16 @@ class ModelSpec(_Strict):
         description="seconds a batch waits for more requests after its first (a request alone, "
         "after a batch that ran alone, runs at once)",
     )
+    # Placement on a Ray cluster: see the Ray block above.
+    placement: Literal["local", "ray"] | None = Field(
+        None,
+        description="local: each replica is a process on this machine; ray: a Ray actor on the "
+        "cluster (llm and embedding models). Default: ray for llm and embedding models once a "
+        "cluster is configured (unless they name backend llama_server or a GPU here), else local",
+    )
+    resources: RayResources | None = Field(
+        None, description="placement ray: what each replica's actor reserves on its node"
+    )
 
     @field_validator("name", "aliases")
     @classmethod
@@ -273,6 +448,7 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _complete(self) -> ModelSpec:
+        check_ray_placement(self)
         if self.kind == "http":
             return self._http()
         stray = [f for f in HTTP_FIELDS if getattr(self, f) is not None]
@@ -284,7 +460,7 @@ class ModelSpec(_Strict):
             return self._subprocess()
         if self.kind == "vision":
             return self._vision()
-        backend = self.backend or default_backend(self.kind)
+        backend = self.backend or default_backend(self.kind, self.placement or "local")
         if backend is None:
             raise ValueError(f"kind {self.kind!r} has no backend in this version of mmserve")
         if backend not in backends_of(self.kind):
@@ -388,8 +564,11 @@ class ModelSpec(_Strict):
         """Fill the derived fields once (the spec is frozen): the backend and the devices.
         A backend whose packages are missing (a core install) is refused here, naming the
         extra to install, rather than when the model first loads."""
-        if (missing := missing_packages(entry(self.kind, backend, self.managed))) is not None:
+        placement = self.placement or "local"
+        found = entry(self.kind, backend, self.managed, placement)
+        if (missing := missing_packages(found)) is not None:
             raise ValueError(f"model {self.name!r}: {missing}")
+        object.__setattr__(self, "placement", placement)
         devices = self.devices
         if self.replicas is not None and "devices" in self.model_fields_set:
             if len(devices) != self.replicas:
@@ -546,6 +725,26 @@ class Settings(_Strict):
     models: list[ModelSpec] = Field(
         default_factory=list, description="the models to serve (none in a file: none served)"
     )
+    cluster: ClusterSpec | None = Field(
+        None,
+        description="a Ray cluster for models with placement: ray; none: every replica runs on "
+        "this machine",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _placements(cls, data: object) -> object:
+        return default_placements(data)
+
+    @model_validator(mode="after")
+    def _cluster_named(self) -> Settings:
+        clustered = [m.name for m in self.models if m.placement == "ray"]
+        if clustered and self.cluster is None:
+            raise ValueError(
+                f"model {clustered[0]!r} has placement: ray, but no cluster is configured "
+                "(cluster: {address: HOST:PORT})"
+            )
+        return self
 
     @field_validator("log_dir")
     @classmethod

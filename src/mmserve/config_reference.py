@@ -25,7 +25,9 @@ from mmserve.config import (
     DEVICE_PATTERN,
     ENV_PREFIX,
     ApiKey,
+    ClusterSpec,
     ModelSpec,
+    RayResources,
     Settings,
 )
 from mmserve.registry import backends_of, default_backend
@@ -39,7 +41,11 @@ SECTIONS: tuple[tuple[str, str | None, type[BaseModel]], ...] = (
     ("Server settings", None, Settings),
     ("Models", "models", ModelSpec),
     ("API keys", "api_keys", ApiKey),
+    ("Cluster", "cluster", ClusterSpec),
+    ("Ray resources", "resources", RayResources),
 )
+# Sections of one mapping (not a list of entries), and where it sits.
+MAPPINGS = {"cluster": "the top-level key `cluster:`", "resources": "a model's `resources:`"}
 
 
 def env_var(field: str) -> str:
@@ -199,9 +205,12 @@ def _backends_line() -> str:
 
 
 def _section_intro(key: str | None, schema: type[BaseModel]) -> list[str]:
-    doc = (schema.__doc__ or "").strip()
+    doc = " ".join((schema.__doc__ or "").split())  # a docstring's lines as one paragraph
     if key is None:
         return [f"{doc} Top-level keys of the file.", ""]
+    if key in MAPPINGS:
+        lines = [f"{doc} The keys of {MAPPINGS[key]} (see [cluster.md](cluster.md))."]
+        return [*lines, ""]
     lines = [f"{doc} Each entry of `{key}:` takes these keys."]
     if schema is ModelSpec:
         lines += ["", _backends_line()]

@@ -18,6 +18,13 @@ torch, PIL or llama.cpp; the engine imports the replica class only when a model 
     http        openai                  remote       chat, complete, embed, relay
     http        json                    remote       call
     http        openai, json (managed)  server       as the same backend's remote
+    llm         llama_cpp, fake         ray          as the same backend's process
+    embedding   sentence_transformers,  ray          embed
+                llama_cpp, fake
+
+A model with `placement: ray` looks its entry up with `placement="ray"`: the same backend code,
+run in a Ray actor on a cluster node (replicas.ray), so its packages are needed there and here
+(the front runs the actor's bridge), and its memory is the node's, not this machine's.
 
 A managed model (kind http with a `command`) is a server mmserve starts and stops: its entry is
 looked up with `managed=True`, and unlike a remote one it holds memory here (counted in the
@@ -66,6 +73,7 @@ _INPROCESS = "mmserve.replicas.inprocess:InProcessReplica"
 _REMOTE = "mmserve.replicas.remote:RemoteReplica"
 _SERVER = "mmserve.replicas.server:ServerReplica"
 _LLAMA_SERVER = "mmserve.replicas.llama_server:LlamaServerReplica"
+_RAY = "mmserve.replicas.ray:RayReplica"
 _TEXT: frozenset[Capability] = frozenset({"chat", "complete", "embed"})
 _EMBED: frozenset[Capability] = frozenset({"embed"})
 _VISION: frozenset[Capability] = frozenset({"chat", "vision"})
@@ -86,6 +94,12 @@ class Entry:
     extra: str | None = None  # the pip extra that brings them
     managed: bool = False  # a server mmserve starts (kind http with a command)
     programs: tuple[str, ...] = ()  # programs it runs, found by `find_program`
+    placement: str = "local"  # "ray": each replica is a Ray actor on a cluster node
+
+    @property
+    def in_cluster(self) -> bool:
+        """Runs on a Ray cluster: room is the nodes' (engine.placement), not this machine's."""
+        return self.placement == "ray"
 
     @property
     def in_process(self) -> bool:
@@ -94,8 +108,9 @@ class Entry:
 
     @property
     def holds_memory(self) -> bool:
-        """Takes memory on this machine (a remote model does not count against the room)."""
-        return self.replica != _REMOTE
+        """Takes memory on this machine (a remote model, or one on a cluster, does not count
+        against the room)."""
+        return self.replica not in (_REMOTE, _RAY)
 
 
 def _worker(kind: str, backend: str, caps: frozenset[Capability], *packages: str) -> Entry:
@@ -109,6 +124,15 @@ def _worker(kind: str, backend: str, caps: frozenset[Capability], *packages: str
     }[backend]
     extra = "models" if packages else None
     return Entry(kind, backend, _PROCESS, code, caps, packages, extra)
+
+
+def _in_ray(kind: str, backend: str, caps: frozenset[Capability], *packages: str) -> Entry:
+    """The same backend as a worker's, run in a Ray actor (and its bridge, here)."""
+    local = _worker(kind, backend, caps, *packages)
+    extra = "models,ray" if packages else "ray"
+    return Entry(
+        kind, backend, _RAY, local.implementation, caps, ("ray", *packages), extra, placement="ray"
+    )
 
 
 def _vision(backend: str, code: str, *packages: str) -> Entry:
@@ -144,8 +168,13 @@ _ENTRIES: tuple[Entry, ...] = (
     Entry("http", "json", _REMOTE, None, frozenset({"call"})),
     Entry("http", "openai", _SERVER, None, frozenset({*_TEXT, "relay"}), managed=True),
     Entry("http", "json", _SERVER, None, frozenset({"call"}), managed=True),
+    _in_ray("llm", "llama_cpp", _TEXT, *_LLAMA),
+    _in_ray("llm", "fake", _TEXT),
+    _in_ray("embedding", "sentence_transformers", _EMBED, *_TORCH),
+    _in_ray("embedding", "llama_cpp", _EMBED, *_LLAMA),
+    _in_ray("embedding", "fake", _EMBED),
 )
-_BY_KEY = {(e.kind, e.backend, e.managed): e for e in _ENTRIES}
+_BY_KEY = {(e.kind, e.backend, e.managed, e.placement): e for e in _ENTRIES}
 # The backend of a kind whose spec names none.
 _DEFAULT = {
     "llm": "llama_server",
@@ -155,20 +184,27 @@ _DEFAULT = {
 }
 
 
-def default_backend(kind: str) -> str | None:
-    return _DEFAULT.get(kind)
+# In a Ray actor an llm runs llama-cpp-python: llama-server is a program started on this machine.
+_RAY_DEFAULT = {"llm": "llama_cpp", "embedding": "sentence_transformers"}
 
 
-def backends_of(kind: str) -> list[str]:
-    return sorted({e.backend for e in _ENTRIES if e.kind == kind})
+def default_backend(kind: str, placement: str = "local") -> str | None:
+    return (_RAY_DEFAULT if placement == "ray" else _DEFAULT).get(kind)
 
 
-def entry(kind: str, backend: str, managed: bool = False) -> Entry:
+def backends_of(kind: str, placement: str | None = None) -> list[str]:
+    """The backends of `kind` (with `placement`: those that run there)."""
+    return sorted(
+        {e.backend for e in _ENTRIES if e.kind == kind and placement in (None, e.placement)}
+    )
+
+
+def entry(kind: str, backend: str, managed: bool = False, placement: str = "local") -> Entry:
     """The entry of `kind`/`backend` (`managed`: of a server mmserve starts, see the module
-    doc); ConfigError naming the backends that kind has."""
-    found = _BY_KEY.get((kind, backend, managed))
+    doc; `placement`: "ray" on a cluster); ConfigError naming the backends that kind has."""
+    found = _BY_KEY.get((kind, backend, managed, placement))
     if found is None:
-        known = ", ".join(backends_of(kind)) or "none"
+        known = ", ".join(backends_of(kind, placement)) or "none"
         raise ConfigError(f"kind {kind!r} has no backend {backend!r}; known: {known}")
     return found
 

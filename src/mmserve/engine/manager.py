@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 from mmserve.config import ModelSpec, Settings
 from mmserve.engine.devices import check_device
 from mmserve.engine.eviction import Resident, plan_eviction
 from mmserve.engine.model import Model, ModelState
+from mmserve.engine.placement import ClusterResident, Demand, plan_cluster_eviction
 from mmserve.engine.status import ModelStatus, ServerStatus
 from mmserve.engine.telemetry import NullTelemetry, StreamMeter, Telemetry, count_tokens
 from mmserve.errors import (
@@ -35,6 +36,7 @@ from mmserve.errors import (
 from mmserve.logs import ModelLog
 from mmserve.replicas.base import TextOp
 from mmserve.replicas.llama_server import llama_cpp_version
+from mmserve.replicas.ray import NodeView, RayReplica, ray_demand
 from mmserve.types import (
     Capability,
     ChatRequest,
@@ -50,6 +52,7 @@ from mmserve.types import (
 __all__ = ["ModelManager", "ModelState"]
 
 MB = 2**20
+FRESH_VIEW_WAIT = 5.0  # seconds a cluster load waits for a view of the nodes newer than itself
 
 
 class ModelManager:
@@ -262,6 +265,9 @@ class ModelManager:
 
         Called by a model's load. Raises ModelUnavailable saying why there is no room.
         """
+        if incoming.entry.in_cluster:
+            await self._make_cluster_room(incoming)
+            return
         max_models, max_memory = self.settings.max_loaded_models, self.settings.max_memory
         if max_models is None and max_memory is None:
             return
@@ -273,12 +279,90 @@ class ModelManager:
             )
         async with self._room_lock:
             victims = await self._wait_for_room(incoming, need)
-            for name in victims:
-                victim = self.models[name]
-                victim.log.event(f"evicted to make room for {incoming.spec.name!r}")
-                self.evictions += 1
-                self.telemetry.evicted(name)
-                await victim.unload()
+            await self._evict(victims, incoming)
+
+    async def _evict(self, victims: list[str], incoming: Model) -> None:
+        for name in victims:
+            victim = self.models[name]
+            victim.log.event(f"evicted to make room for {incoming.spec.name!r}")
+            self.evictions += 1
+            self.telemetry.evicted(name)
+            await victim.unload()
+
+    # ---- room on a Ray cluster (placement: ray; the policy is engine.placement) --------------
+
+    async def _make_cluster_room(self, incoming: Model) -> None:
+        """Evict idle models of the cluster until `incoming`'s replicas fit on its nodes, as
+        Ray last reported them; wait up to room_timeout for busy ones. The view comes from the
+        replicas already there (their bridges' pongs): with none, nothing of ours holds room,
+        and Ray places the actors or waits for room. Raises ModelUnavailable saying why."""
+        resources = incoming.spec.resources
+        demand = Demand(
+            ray_demand(incoming.spec, incoming.estimated_bytes(1)),
+            replicas=len(incoming.spec.devices),
+            labels=resources.labels if resources else {},
+        )
+        async with self._room_lock:
+            deadline = time.monotonic() + self.settings.room_timeout
+            since, refreshed = time.time(), False
+            while True:
+                nodes = self._cluster_nodes()
+                residents = [
+                    self._cluster_resident(m)
+                    for m in self.models.values()
+                    if m.entry.in_cluster and m.replicas and m is not incoming
+                ]
+                victims = plan_cluster_eviction(nodes, residents, demand)
+                if victims != [] and not refreshed:
+                    # A view taken before this load may still count what was freed since
+                    # (a model unloaded a moment ago): evict only on one taken after it.
+                    await self._refresh_cluster_view(since)
+                    refreshed = True
+                    continue
+                if victims is not None:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ModelUnavailable(_no_cluster_room(incoming, demand, nodes, residents))
+                self._room_changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room_changed.wait(), remaining)
+            await self._evict(victims, incoming)
+
+    def _ray_replicas(self) -> list[RayReplica]:
+        return [r for m in self.models.values() for r in m.replicas if isinstance(r, RayReplica)]
+
+    def _cluster_nodes(self) -> list[NodeView]:
+        """Ray's view of the nodes, from whichever replica's bridge reported last."""
+        return self._cluster_view()[1]
+
+    def _cluster_view(self) -> tuple[float, list[NodeView]]:
+        views = [r.nodes_view() for r in self._ray_replicas()]
+        return max(views, key=lambda view: view[0]) if views else (0.0, [])
+
+    async def _refresh_cluster_view(self, since: float) -> None:
+        """Ping a Ray replica until its bridge reports a view of the nodes taken after `since`
+        (its bridge looks every 2 s), for at most FRESH_VIEW_WAIT s."""
+        deadline = time.monotonic() + FRESH_VIEW_WAIT
+        while self._cluster_view()[0] < since and time.monotonic() < deadline:
+            replicas = self._ray_replicas()
+            if not replicas:
+                return
+            await replicas[0].refresh()
+            await asyncio.sleep(0.2)
+
+    @staticmethod
+    def _cluster_resident(model: Model) -> ClusterResident:
+        holds = tuple(
+            (r.node, r.reserved) for r in model.replicas if isinstance(r, RayReplica) and r.node
+        )
+        return ClusterResident(
+            name=model.spec.name,
+            last_used=model.last_used,
+            busy=model.busy,
+            pinned=model.spec.pinned,
+            holds=holds,
+        )
 
     async def _wait_for_room(self, incoming: Model, need: int) -> list[str]:
         deadline = time.monotonic() + self.settings.room_timeout
@@ -339,3 +423,30 @@ class ModelManager:
             models=[m.status() for m in self.models.values()],
             engines={"llama.cpp": llama_cpp_version()},
         )
+
+
+def _no_cluster_room(
+    incoming: Model, demand: Demand, nodes: list[NodeView], residents: list[ClusterResident]
+) -> str:
+    """Why model `incoming` found no room on the cluster: what it needs, what each node has."""
+    needs = _amounts(demand.resources) + (
+        f" on a node labelled {dict(demand.labels)}" if demand.labels else ""
+    )
+    free = "; ".join(f"node {n.node_id[:12]}: {_amounts(n.available)} free" for n in nodes)
+    held = ", ".join(f"{r.name} ({'pinned' if r.pinned else 'busy'})" for r in residents) or "none"
+    return (
+        f"no room on the Ray cluster for model {incoming.spec.name!r} within "
+        f"{incoming.settings.room_timeout:g} s: {demand.replicas} replica(s) of {needs}; "
+        f"{free}; models on the cluster, none of them evictable: {held}"
+    )
+
+
+def _amounts(resources: Mapping[str, float]) -> str:
+    """{'CPU': 1.0, 'memory': 2.5e8} -> 'CPU 1, memory 238 MB'."""
+    parts = []
+    for name, amount in sorted(resources.items()):
+        if name == "memory" or name.endswith("memory"):
+            parts.append(f"{name} {amount / MB:.0f} MB")
+        elif not name.startswith("node:"):  # Ray's own per-node marker resources
+            parts.append(f"{name} {amount:g}")
+    return ", ".join(parts) or "nothing"

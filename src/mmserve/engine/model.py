@@ -117,7 +117,7 @@ class Model:
     ) -> None:
         assert spec.backend is not None  # ModelSpec fills it in
         self.spec = spec
-        self.entry: Entry = entry(spec.kind, spec.backend, spec.managed)
+        self.entry: Entry = entry(spec.kind, spec.backend, spec.managed, spec.placement or "local")
         self.settings = settings
         self.telemetry = telemetry
         self.load_timeout = settings.load_timeout
@@ -411,7 +411,8 @@ class Model:
         self._set_state(ModelState.LOADING)
         self.loads += 1
         try:
-            if self.entry.holds_memory:
+            # This machine's room, or (placement: ray) the cluster nodes' (engine.placement).
+            if self.entry.holds_memory or self.entry.in_cluster:
                 await self._make_room(self)
         except ModelUnavailable as exc:  # no room: nothing was started, nothing to undo
             self.last_error = exc.message
@@ -569,6 +570,8 @@ class Model:
             on_exit=lambda r: self._tell("replica exited", functools.partial(self._exited, r)),
             on_batch=self._batched,
             heartbeat=(self.settings.ping_interval, self.settings.ping_timeout),
+            cluster=self.settings.cluster,  # placement: ray (replicas.ray)
+            memory=self.estimated_bytes(1),  # what a Ray actor reserves by default
         )
         replica: Replica = import_object(self.entry.replica)(self.spec, device, hooks)
         return replica

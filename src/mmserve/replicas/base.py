@@ -10,7 +10,11 @@ each of which raises `UnsupportedCapability` unless the kind implements it:
     see(item)                   InProcessReplica (vision)
     call(body)                  ProcessReplica (subprocess), RemoteReplica (backend json)
     relay / relay_stream        RemoteReplica (backend openai: OpenAI requests passed as sent),
-                                ServerReplica (the same, to a server program it started)
+                                ServerReplica (the same, to a server program it started),
+                                LlamaServerReplica (to its llama-server, GGUF text: with
+                                mmserve's tool layer and OpenAI's reply shapes)
+
+A RayReplica (placement: ray) is a ProcessReplica whose child is a bridge to a Ray actor.
 
 Which capabilities a kind and backend offer is declared once, in `mmserve.registry`; the engine
 leases a replica for a capability and calls its method, never asking what kind it is.
@@ -24,6 +28,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from mmserve.config import ClusterSpec
 from mmserve.errors import UnsupportedCapability
 from mmserve.logs import ModelLog
 from mmserve.types import (
@@ -51,6 +56,10 @@ class ReplicaHooks:
     on_exit: Callable[[Replica], None] = field(default=lambda _: None)
     on_batch: Callable[[int], None] | None = None
     heartbeat: tuple[float, float] | None = None  # (interval, timeout) of worker pings
+    # placement: ray only (replicas.ray): the cluster to place the replica on, and the bytes its
+    # actor reserves there when the spec names none (the model's last measurement, or estimate).
+    cluster: ClusterSpec | None = None
+    memory: int | None = None
 
 
 class Replica:

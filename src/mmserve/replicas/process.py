@@ -78,9 +78,14 @@ class ProcessReplica(Replica):
             backend_spec(spec, device),
             hooks.log,
             on_exit=lambda _: hooks.on_exit(self),
-            command=spec.command,  # a user's program (kind: subprocess), else mmserve's worker
+            command=self._command(spec, device, hooks),
             heartbeat=hooks.heartbeat,
         )
+
+    def _command(self, spec: ModelSpec, device: str, hooks: ReplicaHooks) -> list[str] | None:
+        """The child to run: a user's program (kind: subprocess), else (None) mmserve's worker.
+        A Ray replica runs its bridge to the cluster here instead (replicas.ray)."""
+        return spec.command
 
     @property
     def info(self) -> WorkerInfo:

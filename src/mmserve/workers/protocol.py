@@ -57,6 +57,9 @@ class Ready(_Message):
     type: Literal["ready"] = "ready"
     protocol: int = PROTOCOL_VERSION
     info: WorkerInfo = WorkerInfo()
+    # Optional: what the child says about itself (where it runs, its memory...), shown in the
+    # replica's status; a Ray bridge reports its actor's node here (see workers.ray_bridge).
+    details: dict[str, Any] = Field(default_factory=dict)
 
 
 class Chunk(_Message):
@@ -91,6 +94,7 @@ class ErrorReply(_Message):
 class Pong(_Message):
     type: Literal["pong"] = "pong"
     id: str | None = None
+    details: dict[str, Any] = Field(default_factory=dict)  # as Ready's, brought up to date
 
 
 Reply = Annotated[Ready | Chunk | Result | ErrorReply | Pong, Field(discriminator="type")]

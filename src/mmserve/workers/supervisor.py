@@ -96,6 +96,7 @@ class WorkerProcess:
             spec.model_dump_json(),
         ]
         self.info = WorkerInfo()
+        self.details: dict[str, Any] = {}  # the child's own report, from `ready` and each `pong`
         self.exited = asyncio.Event()
         self.stopping = False
         self._proc: asyncio.subprocess.Process | None = None
@@ -267,6 +268,8 @@ class WorkerProcess:
         except ValidationError:
             self.log.event(f"ignored a malformed line from the worker: {line[:200]!r}")
             return
+        if isinstance(reply, Ready | Pong) and reply.details:
+            self.details = reply.details
         if isinstance(reply, Ready):
             error = None
             if reply.protocol != PROTOCOL_VERSION:
