@@ -690,6 +690,12 @@ class Settings(_Strict):
     room_timeout: float = Field(
         30.0, ge=0, description="seconds a load waits for busy models to free room"
     )
+    max_swap_delay: float = Field(
+        2.0,
+        ge=0,
+        description="seconds a request that needs a swap (no room) lets the loaded models serve "
+        "their own queued requests first; past it, it goes next (0: first come, first served)",
+    )
     drain_timeout: float = Field(
         30.0, ge=0, description="seconds an unload waits for in-flight requests"
     )

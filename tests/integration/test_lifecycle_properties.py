@@ -19,7 +19,7 @@ import psutil
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from tests.integration.test_lifecycle_races import BEFORE, live_children
 
 from mmserve.config import ModelSpec, Settings
@@ -112,10 +112,14 @@ class Lifecycle(RuleBasedStateMachine):
         self.requests.append(task)
         self.run(asyncio.sleep(0.02))
 
-    @precondition(lambda self: any(not t.done() for t in self.requests))
+    # No precondition on the requests in flight: whether one still runs depends on timing, and
+    # a precondition that changes between a run and its replay makes hypothesis give up
+    # (FlakyStrategyDefinition). With none in flight, the rule does nothing.
     @rule()
     def cancel_a_request(self) -> None:
-        next(t for t in self.requests if not t.done()).cancel()
+        running = [t for t in self.requests if not t.done()]
+        if running:
+            running[0].cancel()
         self.settle()
 
     @rule(seconds=st.sampled_from([0.1, 0.5, 1.2]))
@@ -149,11 +153,16 @@ class Lifecycle(RuleBasedStateMachine):
 
     @invariant()
     def every_live_child_is_in_the_status(self) -> None:
-        shown = set()
+        shown, unnamed = set(), 0
         for model in self.manager.models.values():
             status = model.status()
-            shown |= {r.pid for r in status.replicas + status.starting + status.stopping}
-        assert live_children() <= shown
+            listed = status.replicas + status.starting + status.stopping
+            shown |= {r.pid for r in listed}
+            # A timer's restart may have begun since the settle: asyncio forks the child, then
+            # awaits its pipes before the pid is known, so a starting replica may show no pid
+            # yet while its child already runs.
+            unnamed += sum(1 for r in status.starting if r.pid is None)
+        assert len(live_children() - shown) <= unnamed, (live_children(), shown)
 
     @invariant()
     def state_and_replicas_agree(self) -> None:

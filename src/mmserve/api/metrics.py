@@ -50,6 +50,13 @@ class Metrics:
         self.restarts = Counter(
             "mmserve_worker_restarts", "crashed replicas restarted", ["model"], registry=r
         )
+        self.swaps_avoided = Counter(
+            "mmserve_swaps_avoided",
+            "requests a loaded model served while a swap away from it waited (max_swap_delay): "
+            "each would have come after that swap, and needed a swap back, in arrival order",
+            ["model"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "mmserve_batch_size", "requests run together in one batch (embedding, vision)",
             ["model"], buckets=BATCH_BUCKETS, registry=r,
@@ -92,6 +99,9 @@ class Metrics:
 
     def restarted(self, model: str) -> None:
         self.restarts.labels(model).inc()
+
+    def served_ahead_of_swap(self, model: str) -> None:
+        self.swaps_avoided.labels(model).inc()
 
     def batched(self, model: str, size: int) -> None:
         self.batch_size.labels(model).observe(size)

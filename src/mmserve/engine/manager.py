@@ -4,7 +4,9 @@ Each `Model` owns its own lifecycle (see `engine.model`). The manager owns what 
 registering them (from the config, or at runtime), and making room for a load under
 `max_loaded_models` and `max_memory` by evicting idle models, least recently used first. The
 policy is the pure function `engine.eviction.plan_eviction`; this module carries it out, by
-sending the victims an unload command (their actors do the work).
+sending the victims an unload command (their actors do the work). A model that is loading or
+serving is never evicted: the load waits (room_timeout), and after max_swap_delay the models it
+waits for stop taking newer requests (`Model.hold`) so that they drain.
 
 It is the API's one way into the engine: each request method leases a replica of the model for
 a capability and calls that capability's method of the `Replica` protocol (a kind that lacks it
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
@@ -278,8 +281,13 @@ class ModelManager:
                 f"max_memory is {max_memory // MB} MB"
             )
         async with self._room_lock:
-            victims = await self._wait_for_room(incoming, need)
-            await self._evict(victims, incoming)
+            held: list[Model] = []  # models holding their newer requests for this swap
+            try:
+                victims = await self._wait_for_room(incoming, need, held)
+                await self._evict(victims, incoming)
+            finally:
+                for model in held:
+                    model.release()
 
     async def _evict(self, victims: list[str], incoming: Model) -> None:
         for name in victims:
@@ -364,20 +372,27 @@ class ModelManager:
             holds=holds,
         )
 
-    async def _wait_for_room(self, incoming: Model, need: int) -> list[str]:
-        deadline = time.monotonic() + self.settings.room_timeout
+    async def _wait_for_room(self, incoming: Model, need: int, held: list[Model]) -> list[str]:
+        """The models to evict for `incoming`, once they are idle. While it waits for busy
+        ones, they go on serving what arrived up to max_swap_delay after it; what arrives
+        later waits behind the swap (`Model.hold`; the caller releases `held`)."""
+        started = time.monotonic()
+        deadline = started + self.settings.room_timeout
         while True:
             residents = [
                 self._resident(m) for m in self.models.values() if m.resident and m is not incoming
             ]
-            victims = plan_eviction(
-                residents,
-                max_models=self.settings.max_loaded_models,
-                max_memory=self.settings.max_memory,
-                incoming_memory=need,
-            )
+            victims = self._plan(residents, need)
             if victims is not None:
                 return victims
+            if not held:
+                # Those it would evict were they idle: they serve their earlier requests, then
+                # drain (a loading one serves those that waited for its load).
+                idle = [dataclasses.replace(r, busy=False) for r in residents]
+                for name in self._plan(idle, need) or []:
+                    model = self.models[name]
+                    model.hold(started + self.settings.max_swap_delay)
+                    held.append(model)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ModelUnavailable(self._no_room(incoming, residents))
@@ -385,6 +400,14 @@ class ModelManager:
             self._room_changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._room_changed.wait(), remaining)
+
+    def _plan(self, residents: list[Resident], need: int) -> list[str] | None:
+        return plan_eviction(
+            residents,
+            max_models=self.settings.max_loaded_models,
+            max_memory=self.settings.max_memory,
+            incoming_memory=need,
+        )
 
     @staticmethod
     def _resident(model: Model) -> Resident:

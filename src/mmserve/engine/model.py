@@ -30,7 +30,16 @@ restart due for a generation that was unloaded since) is a no-op: `generation` c
 
 Requests never wait on the actor when the model is ready: `lease()` takes a slot at once (or
 queues in `Admission`). A request that finds the model not ready sends `load` and waits for
-its outcome; while a restart is due it waits for the state to change instead.
+its outcome; while a restart is due it waits for the state to change instead. Each command runs
+as a task of its own: a load that only requests asked for ("load on demand") is cancelled when
+the last of them leaves (its processes are stopped, the room given back); an explicit load, a
+preload or an added replica always runs to its end.
+
+**Swap-aware order.** When another model needs this one's room and it is busy, the manager
+`hold`s it: requests that arrive up to `max_swap_delay` after the swap began are still served
+(same-model requests first, which saves swaps), later ones wait at the door (`lease`) until the
+swap is done, then load this model again if it was evicted. Within a model the order stays
+first come, first served.
 
 Everything here runs on the event loop's thread, so plain attributes need no lock: only the
 actor writes, and it does so between awaits.
@@ -139,12 +148,24 @@ class Model:
         # Written by requests (lease) on the loop's thread.
         self.in_flight = 0
         self._leasing = 0  # callers between lease's start and their replica (loading, queued)
+        self._load_waiters = {True: 0, False: 0}  # in ensure_ready: {on demand: n, explicit: n}
+        self._stopped_loads = 0  # on-demand loads stopped because every requester left
+        # Swap-aware order (see `hold`): requests that arrive at or after `_held_from` wait at
+        # the door until every hold is released; those that came earlier are served first.
+        self._holds = 0
+        self._hold_began = 0.0  # when the first of the current holds came
+        self._held_from: float | None = None
+        self._door = asyncio.Event()
+        self._door.set()
+        self._at_door = 0
+        self.served_ahead_of_swaps = 0  # requests served while a swap away from it waited
         self.last_used: float = 0.0
         self._epoch = 0  # leases begun: a keep-alive timer armed before the last one is stale
         self._expiry: asyncio.TimerHandle | None = None
         self._watchers: list[asyncio.Future[None]] = []  # woken when `state` changes
         self._inbox: asyncio.Queue[_Command] = asyncio.Queue()
         self._actor: asyncio.Task[None] | None = None
+        self._current: tuple[_Command, asyncio.Task[None]] | None = None  # the command running
         self._closed = False
         log_file = settings.log_dir / f"{spec.name}.log" if settings.log_dir else None
         self.log = ModelLog(spec.name, settings.log_capacity, log_file)
@@ -211,13 +232,21 @@ class Model:
         """
         # A caller on its way to a replica keeps the model from idling out: a keep_alive of 0
         # armed as its load completes must not unload it before the caller gets there.
+        arrived = time.monotonic()
         self._leasing += 1
         try:
-            await self.ensure_ready()
+            while True:
+                await self.ensure_ready(on_demand=True)
+                if self._held_from is None or arrived < self._held_from:
+                    break
+                await self._wait_at_door()  # a swap goes first; then this model again
             # No await between ensure_ready's last look at the state and joining the queue: a
             # waiter only ever joins a ready model, and every way out of ready fails or serves
             # it.
             self.check(capability)
+            if self._held_from is not None and arrived >= self._hold_began:
+                self.served_ahead_of_swaps += 1
+                self.telemetry.served_ahead_of_swap(self.spec.name)
             replica = await self.admission.acquire(self._live_replicas)
         except BaseException:
             self._leasing -= 1
@@ -238,20 +267,67 @@ class Model:
             self._arm_expiry()
             self._on_change()
 
-    async def ensure_ready(self) -> None:
+    async def ensure_ready(self, *, on_demand: bool = False) -> None:
         """Return once the model can serve; load it if needed (one load, however many callers).
 
         Raises ModelUnavailable with the reason when the load fails or finds no room. Returns
-        without yielding to the loop when the model is already ready.
+        without yielding to the loop when the model is already ready. `on_demand`: the caller
+        is a request; a load that only requests wait for is stopped once every one of them
+        has left (`_stop_unwaited_load`); a load anyone else asked for runs to its end.
         """
-        if self.ready:
-            return
-        if self.state is ModelState.LOADING:
-            await self._state_change()  # someone's load, or a crashed replica's restart
-        else:
-            await self._ask("load", functools.partial(self._load, self.spec.devices))
-        if not self.ready:
-            raise self._unavailable()
+        while not self.ready:
+            stopped = self._stopped_loads
+            self._load_waiters[on_demand] += 1
+            try:
+                if self.state is ModelState.LOADING:
+                    await self._state_change()  # someone's load, or a crashed replica's restart
+                else:
+                    name = "load on demand" if on_demand else "load"
+                    load = functools.partial(self._load, self.spec.devices, on_demand=on_demand)
+                    await self._ask(name, load)
+            except asyncio.CancelledError:
+                self._load_waiters[on_demand] -= 1
+                if not any(self._load_waiters.values()):
+                    self._stop_unwaited_load()
+                raise
+            except ModelUnavailable:
+                self._load_waiters[on_demand] -= 1
+                if self._stopped_loads == stopped:
+                    raise
+                continue  # the load it waited for was stopped just as it came: load again
+            self._load_waiters[on_demand] -= 1
+            if not self.ready and self._stopped_loads == stopped:
+                raise self._unavailable()
+
+    # ---- swap-aware order (held by the manager while a swap waits for this model's room) ----
+
+    def hold(self, from_time: float) -> None:
+        """Requests arriving from `from_time` on (monotonic) wait until `release`: a model that
+        needs this one's room goes first. Earlier ones, queued or in flight, are served."""
+        self._holds += 1
+        held = self._held_from
+        if held is None:
+            self._hold_began = time.monotonic()
+        self._held_from = from_time if held is None else min(held, from_time)
+        self._door.clear()
+
+    def release(self) -> None:
+        self._holds -= 1
+        if self._holds == 0:
+            self._held_from = None
+            self._door.set()
+
+    async def _wait_at_door(self) -> None:
+        self._at_door += 1
+        try:
+            await asyncio.wait_for(self._door.wait(), self.spec.queue_timeout)
+        except TimeoutError:
+            raise ModelUnavailable(
+                f"request waited {self.spec.queue_timeout:g} s (queue_timeout) for model "
+                f"{self.spec.name!r} while other models were swapped in"
+            ) from None
+        finally:
+            self._at_door -= 1
 
     def check_sampling(self, sampling: Sampling) -> Sampling:
         """The sampling to run: the max_tokens asked, within the model's cap (a 400 above it);
@@ -369,20 +445,38 @@ class Model:
             )
 
     async def _run(self) -> None:
-        """Handle commands one at a time, for the life of the model."""
+        """Handle commands one at a time, for the life of the model. Each runs as a task of
+        its own, so that a load nobody waits for any more can be stopped (cancelled)."""
         while True:
             command = await self._inbox.get()
+            task = asyncio.ensure_future(command.run())
+            self._current = (command, task)
             try:
-                await command.run()
-            except Exception as exc:  # the command's outcome: its caller's error
+                await asyncio.wait([task])
+            except asyncio.CancelledError:  # the actor itself is ended (close)
+                task.cancel()
+                raise
+            finally:
+                self._current = None
+            if task.cancelled():
+                exc: BaseException | None = ModelUnavailable(
+                    f"the load of model {self.spec.name!r} was stopped: nobody waited for it"
+                )
+            else:
+                exc = task.exception()
+            if exc is not None:  # the command's outcome: its caller's error
                 if command.outcome is None:
                     self.log.event(f"{command.name} failed: {exc}")
                 elif not command.outcome.done():
                     command.outcome.set_exception(exc)
                     command.outcome.exception()  # retrieved: a caller that left is no error
-            else:
-                if command.outcome is not None and not command.outcome.done():
-                    command.outcome.set_result(None)
+            elif command.outcome is not None and not command.outcome.done():
+                command.outcome.set_result(None)
+
+    def _stop_unwaited_load(self) -> None:
+        """Every request waiting for this model's on-demand load has left: stop the load."""
+        if self._current is not None and self._current[0].name == "load on demand":
+            self._current[1].cancel()
 
     def _set_state(self, state: ModelState) -> None:
         self.state = state
@@ -402,14 +496,26 @@ class Model:
 
     # ---- command handlers (run by the actor only) --------------------------------------------
 
-    async def _load(self, devices: list[str]) -> None:
+    async def _load(self, devices: list[str], *, on_demand: bool = False) -> None:
         if self.ready or self._restart_due:
             return
+        if on_demand and not any(self._load_waiters.values()):
+            return  # every request that asked for it left while it was queued
         recently = time.monotonic() - self._failed_at < RETRY_FAILED_AFTER
         if self.state is ModelState.FAILED and recently:
             raise self._unavailable()
         self._set_state(ModelState.LOADING)
         self.loads += 1
+        try:
+            await self._load_replicas(devices)
+        except asyncio.CancelledError:  # _stop_unwaited_load: processes ended, room given back
+            self.log.event("load stopped: every request waiting for it left")
+            self._stopped_loads += 1
+            self._set_state(ModelState.UNLOADED)
+            self._on_change()
+            raise
+
+    async def _load_replicas(self, devices: list[str]) -> None:
         try:
             # This machine's room, or (placement: ray) the cluster nodes' (engine.placement).
             if self.entry.holds_memory or self.entry.in_cluster:
@@ -436,6 +542,9 @@ class Model:
                 await asyncio.gather(*(r.stop() for r in replicas))
                 self._fail(str(errors[0]))
                 return
+        except asyncio.CancelledError:
+            await asyncio.gather(*(r.stop() for r in replicas))
+            raise
         finally:
             self.starting = []
         self.replicas = replicas
@@ -614,7 +723,7 @@ class Model:
             state=self.state.value,
             capabilities=self.capabilities,
             in_flight=self.in_flight,
-            waiting=self.admission.waiting,
+            waiting=self.admission.waiting + self._at_door,
             restarts=self.restarts,
             loads=self.loads,
             pinned=self.spec.pinned,

@@ -43,6 +43,8 @@ class Telemetry(Protocol):
 
     def restarted(self, model: str) -> None: ...
 
+    def served_ahead_of_swap(self, model: str) -> None: ...
+
     def batched(self, model: str, size: int) -> None: ...
 
 
@@ -63,6 +65,9 @@ class NullTelemetry:
         pass
 
     def restarted(self, model: str) -> None:
+        pass
+
+    def served_ahead_of_swap(self, model: str) -> None:
         pass
 
     def batched(self, model: str, size: int) -> None:
