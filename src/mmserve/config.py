@@ -696,6 +696,11 @@ class Settings(_Strict):
         description="seconds a request that needs a swap (no room) lets the loaded models serve "
         "their own queued requests first; past it, it goes next (0: first come, first served)",
     )
+    warm_workers: bool = Field(
+        True,
+        description="keep a started, pre-imported worker process ready for the next load of a "
+        "Python backend (counted in the room); false: every load starts a new process",
+    )
     drain_timeout: float = Field(
         30.0, ge=0, description="seconds an unload waits for in-flight requests"
     )

@@ -13,6 +13,7 @@ CONFIG = """
 models:
   - {name: slow, kind: llm, backend: fake, options: {delay: 0.02}}
   - {name: vec, kind: embedding, backend: fake}
+  - {name: later, kind: llm, backend: fake, preload: false}
 """
 
 
@@ -21,6 +22,8 @@ def start(server_factory, tmp_path: Path):
     config.write_text(CONFIG)
     server = server_factory(config)
     server.wait_models()
+    # `later` is not loaded: a warm worker waits for its load (workers.warm), a child too.
+    server.wait_until(lambda: len(server.status()["warm_workers"]) == 1)
     return server
 
 
@@ -33,7 +36,7 @@ def test_sigterm_lets_a_stream_finish_then_stops_the_children(
 ) -> None:
     server = start(server_factory, tmp_path)
     kids = children(server)
-    assert len(kids) == 2
+    assert len(kids) == 3  # two replicas, one warm worker
     body = {"model": "slow", "prompt": "x", "max_tokens": 100, "stream": True}  # 2 s
     with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=30) as stream:
         lines = (line for line in stream.iter_lines() if line)
@@ -51,7 +54,7 @@ def test_sigterm_lets_a_stream_finish_then_stops_the_children(
 def test_no_orphans_when_the_server_is_killed(server_factory, tmp_path: Path) -> None:
     server = start(server_factory, tmp_path)
     kids = children(server)
-    assert len(kids) == 2
+    assert len(kids) == 3  # two replicas, one warm worker
     server.proc.send_signal(signal.SIGKILL)
     server.proc.wait(timeout=10)
     # The kernel's parent-death signal (and stdin EOF) ends each child.

@@ -125,6 +125,12 @@ class ModelStateCollector(Collector):
             "resident memory of each replica",
             labels=["model", "replica"],
         )
+        phases = GaugeMetricFamily(
+            "mmserve_replica_load_phase_seconds",
+            "where each running replica's start went: process, imports, weights, warmup, total "
+            "(a warm worker's process and imports are ~0: done before the load)",
+            labels=["model", "replica", "phase"],
+        )
         for name, model in self.manager.models.items():
             queue.add_metric([name], model.admission.waiting)
             running.add_metric([name], model.in_flight)
@@ -133,4 +139,13 @@ class ModelStateCollector(Collector):
                 states.add_metric([name, state.value], 1.0 if model.state is state else 0.0)
             for index, replica in enumerate(model.replicas):
                 memory.add_metric([name, str(index)], replica.resident_bytes() or 0)
-        yield from (queue, running, states, replicas, memory)
+                load = replica.status().details.get("load") or {}
+                for key, seconds in load.items():
+                    if key.endswith("_s") and key != "saved_s" and seconds is not None:
+                        phases.add_metric([name, str(index), key.removesuffix("_s")], seconds)
+        warm = GaugeMetricFamily(
+            "mmserve_warm_worker_resident_bytes",
+            "resident memory of the idle warm workers (pre-started, pre-imported processes)",
+        )
+        warm.add_metric([], self.manager.warm.resident_bytes() if self.manager.warm else 0)
+        yield from (queue, running, states, replicas, memory, phases, warm)

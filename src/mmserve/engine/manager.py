@@ -39,6 +39,7 @@ from mmserve.errors import (
 from mmserve.logs import ModelLog
 from mmserve.replicas.base import TextOp
 from mmserve.replicas.llama_server import llama_cpp_version
+from mmserve.replicas.process import warm_keys
 from mmserve.replicas.ray import NodeView, RayReplica, ray_demand
 from mmserve.types import (
     Capability,
@@ -51,6 +52,7 @@ from mmserve.types import (
     TextEvent,
     VisionItem,
 )
+from mmserve.workers.warm import WarmKey, WarmPool
 
 __all__ = ["ModelManager", "ModelState"]
 
@@ -71,6 +73,10 @@ class ModelManager:
         self._room_lock = asyncio.Lock()
         self._room_changed = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
+        # Started, pre-imported workers for the next loads (workers.warm); filled from start().
+        self.warm: WarmPool | None = WarmPool() if settings.warm_workers else None
+        self._started = False
+        self._warm_keys: dict[str, list[WarmKey]] = {}  # each model's, computed once
         for spec in settings.models:
             self.register(spec)
 
@@ -87,10 +93,14 @@ class ModelManager:
             self.settings,
             telemetry=self.telemetry,
             make_room=self._make_room,
-            on_change=self._room_changed.set,
+            on_change=self._changed,
+            warm=self.warm,
         )
         self.models[spec.name] = model
         self._by_name.update(dict.fromkeys(spec.names, model))
+        if self.warm is not None:
+            self._warm_keys[spec.name] = warm_keys(spec, model.entry)
+            self._sync_warm()  # a model added at runtime: its first load may come any time
         return model
 
     async def unregister(self, name: str) -> None:
@@ -98,6 +108,8 @@ class ModelManager:
         model = self.get(name)
         await model.close()
         del self.models[model.spec.name]
+        self._warm_keys.pop(model.spec.name, None)
+        self._sync_warm()
         for alias in model.spec.names:
             self._by_name.pop(alias, None)
 
@@ -244,6 +256,28 @@ class ModelManager:
             task = asyncio.create_task(self._preload(model))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+        self._started = True
+        self._sync_warm(loading=self.preloaded())
+
+    def _changed(self) -> None:
+        """A request ended, or a model unloaded or failed: loads waiting for room look again,
+        and the warm workers follow which models may load next."""
+        self._room_changed.set()
+        self._sync_warm()
+
+    def _sync_warm(self, loading: list[Model] | None = None) -> None:
+        """Keep warm workers (workers.warm) for the keys of the models not loaded, the ones a
+        load may come for; a loaded or loading model needs none until it unloads again (so a
+        server whose models are all loaded holds no idle worker)."""
+        if self.warm is None or not self._started:
+            return
+        idle, skip = (ModelState.UNLOADED, ModelState.FAILED), loading or []
+        self.warm.want(
+            key
+            for model in self.models.values()
+            if model.state in idle and model not in skip
+            for key in self._warm_keys.get(model.spec.name, [])
+        )
 
     def preloaded(self) -> list[Model]:
         """The models loaded at start: those marked `preload`, up to max_loaded_models."""
@@ -255,6 +289,8 @@ class ModelManager:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*(m.close() for m in self.models.values()))
+        if self.warm is not None:
+            await self.warm.close()
 
     @staticmethod
     async def _preload(model: Model) -> None:
@@ -382,7 +418,15 @@ class ModelManager:
             residents = [
                 self._resident(m) for m in self.models.values() if m.resident and m is not incoming
             ]
-            victims = self._plan(residents, need)
+            # Idle warm workers (workers.warm) hold memory too, and are the first to go; the
+            # one this load will take is part of its own need already.
+            own = self._warm_keys.get(incoming.spec.name, [])
+            warm = self.warm.resident_bytes(besides=own) if self.warm else 0
+            victims = self._plan(residents, need + warm)
+            if victims is None and self.warm is not None and warm:
+                victims = self._plan(residents, need)
+                if victims is not None:
+                    await self.warm.drop_idle(keep=own)
             if victims is not None:
                 return victims
             if not held:
@@ -440,12 +484,16 @@ class ModelManager:
         return ServerStatus(
             loaded_models=len([m for m in loaded if m.resident]),
             max_loaded_models=self.settings.max_loaded_models,
-            resident_bytes=sum(m.resident_bytes() for m in loaded),
+            resident_bytes=sum(m.resident_bytes() for m in loaded) + self._warm_bytes(),
             max_memory=self.settings.max_memory,
             evictions=self.evictions,
             models=[m.status() for m in self.models.values()],
             engines={"llama.cpp": llama_cpp_version()},
+            warm_workers=self.warm.status() if self.warm else [],
         )
+
+    def _warm_bytes(self) -> int:
+        return self.warm.resident_bytes() if self.warm else 0
 
 
 def _no_cluster_room(

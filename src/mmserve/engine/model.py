@@ -74,6 +74,7 @@ from mmserve.logs import ModelLog
 from mmserve.registry import KNOWN_CAPABILITIES, Entry, entry, import_object
 from mmserve.replicas.base import Replica, ReplicaHooks
 from mmserve.types import Capability, Sampling
+from mmserve.workers.warm import WarmPool
 
 __all__ = ["Model", "ModelState", "estimate_bytes"]
 
@@ -123,6 +124,7 @@ class Model:
         telemetry: Telemetry,
         make_room: MakeRoom,
         on_change: Callable[[], None],
+        warm: WarmPool | None = None,
     ) -> None:
         assert spec.backend is not None  # ModelSpec fills it in
         self.spec = spec
@@ -133,6 +135,7 @@ class Model:
         self.drain_timeout = settings.drain_timeout
         self._make_room = make_room
         self._on_change = on_change  # told when requests end or memory is freed (room waiters)
+        self.warm = warm  # the server's warm workers, handed to each replica (workers.warm)
         # Written by the actor only (see the module doc).
         self.state = ModelState.UNLOADED
         self.replicas: list[Replica] = []
@@ -550,6 +553,7 @@ class Model:
         self.replicas = replicas
         self.last_used = time.time()
         self._set_state(ModelState.READY)
+        self._on_change()  # loaded: the manager's warm workers follow (and room waiters look)
         for replica in replicas:
             self.telemetry.loaded(self.spec.name, replica.load_seconds or 0.0)
         self.log.event(f"ready: pids {', '.join(str(r.pid) for r in replicas)}")
@@ -681,6 +685,7 @@ class Model:
             heartbeat=(self.settings.ping_interval, self.settings.ping_timeout),
             cluster=self.settings.cluster,  # placement: ray (replicas.ray)
             memory=self.estimated_bytes(1),  # what a Ray actor reserves by default
+            warm=self.warm,
         )
         replica: Replica = import_object(self.entry.replica)(self.spec, device, hooks)
         return replica

@@ -3,7 +3,7 @@ JSON) and the metrics. Read-only snapshots, taken on the event loop's thread."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mmserve.types import Capability, ReplicaStatus
@@ -50,6 +50,8 @@ class ServerStatus:
     evictions: int
     models: list[ModelStatus]
     engines: dict[str, str | None]  # the versions of what serves the models (llama.cpp's)
+    # Idle warm workers (workers.warm): each one's key, pid and rss_bytes (in resident_bytes too).
+    warm_workers: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         body = {k: v for k, v in vars(self).items() if k != "models"}

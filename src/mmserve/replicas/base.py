@@ -41,6 +41,7 @@ from mmserve.types import (
     VisionItem,
     WorkerInfo,
 )
+from mmserve.workers.warm import WarmPool
 
 __all__ = ["Replica", "ReplicaHooks", "TextOp"]
 
@@ -50,7 +51,8 @@ TextOp = Literal["chat", "complete"]
 @dataclass(frozen=True)
 class ReplicaHooks:
     """What a replica is given by its model: where it logs, whom it tells when its process exits
-    on its own (called on the event loop's thread), the batch sizes it runs, its heartbeat."""
+    on its own (called on the event loop's thread), the batch sizes it runs, its heartbeat, the
+    warm workers it may start from."""
 
     log: ModelLog
     on_exit: Callable[[Replica], None] = field(default=lambda _: None)
@@ -60,6 +62,9 @@ class ReplicaHooks:
     # actor reserves there when the spec names none (the model's last measurement, or estimate).
     cluster: ClusterSpec | None = None
     memory: int | None = None
+    # The server's pool of started, pre-imported workers (workers.warm); a replica that runs
+    # mmserve's own worker takes one from it. None: every start spawns a new process.
+    warm: WarmPool | None = None
 
 
 class Replica:

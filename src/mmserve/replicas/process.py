@@ -13,6 +13,7 @@ import psutil
 from mmserve.backends.base import BackendSpec
 from mmserve.config import ModelSpec
 from mmserve.errors import BackendError
+from mmserve.registry import Entry, missing_packages
 from mmserve.replicas.base import Replica, ReplicaHooks, TextOp
 from mmserve.replicas.batcher import Batcher
 from mmserve.types import (
@@ -27,8 +28,9 @@ from mmserve.types import (
 )
 from mmserve.workers.protocol import VECTORS_ENCODING, Chunk, Result, embed_result_of
 from mmserve.workers.supervisor import WorkerProcess
+from mmserve.workers.warm import WarmKey
 
-__all__ = ["ProcessReplica", "backend_spec", "default_threads"]
+__all__ = ["ProcessReplica", "backend_spec", "default_threads", "warm_keys"]
 
 
 def _spread(total: int, count: int) -> list[int]:
@@ -61,6 +63,18 @@ def backend_spec(spec: ModelSpec, device: str) -> BackendSpec:
     )
 
 
+def warm_keys(spec: ModelSpec, found: Entry) -> list[WarmKey]:
+    """The warm-worker keys (workers.warm) of a model's replicas, one per device: for a model
+    whose replicas run mmserve's own worker here with installed packages; none for anything else
+    (a program's own `command`, llama-server, remote, managed, in-process, Ray)."""
+    own_worker = found.replica == f"{__name__}:{ProcessReplica.__name__}"
+    if not own_worker or found.implementation is None or spec.command:
+        return []
+    if missing_packages(found) is not None:  # its load fails with the reason; no use warming
+        return []
+    return list(dict.fromkeys(WarmKey.of(backend_spec(spec, d)) for d in spec.devices))
+
+
 class ProcessReplica(Replica):
     """One replica of an llm, embedding or subprocess model: its own child process on one
     device, spoken to with the worker protocol."""
@@ -80,6 +94,7 @@ class ProcessReplica(Replica):
             on_exit=lambda _: hooks.on_exit(self),
             command=self._command(spec, device, hooks),
             heartbeat=hooks.heartbeat,
+            warm=hooks.warm,  # used only for mmserve's own worker (no command)
         )
 
     def _command(self, spec: ModelSpec, device: str, hooks: ReplicaHooks) -> list[str] | None:
@@ -111,7 +126,10 @@ class ProcessReplica(Replica):
         await self.worker.stop()
 
     def _details(self) -> dict[str, Any]:
-        return {"batches": self.embedder.stats.to_json()}
+        details: dict[str, Any] = {"batches": self.embedder.stats.to_json()}
+        if self.worker.load is not None:  # where its start's time went (workers.supervisor)
+            details["load"] = self.worker.load.to_json()
+        return details
 
     def resident_bytes(self) -> int | None:
         with contextlib.suppress(psutil.Error, TypeError):

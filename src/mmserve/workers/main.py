@@ -1,21 +1,30 @@
-"""Child entry point: `python -m mmserve.workers.main SPEC_JSON`.
+"""Child entry point: `python -m mmserve.workers.main SPEC_JSON`, or, for a warm worker
+(see `workers.warm`), `python -m mmserve.workers.main --warm KIND BACKEND`.
 
 Loads one backend, says `ready`, then serves protocol requests from stdin until stdin closes or
 a `shutdown` arrives. The main thread reads stdin (so `ping` and `cancel` are answered even while
 a model is busy); one executor thread runs requests in turn, because an engine such as llama.cpp
 runs one sequence at a time.
+
+A warm worker does the same work in another order: it imports the backend's module first, writes
+nothing, and blocks reading one line from stdin, the BackendSpec JSON; from there on it is a cold
+worker. Stdin closed before a spec came (the pool let it go) is a clean exit. Either way `ready`
+carries `LoadTimes`: when main() began, when the backend's module was imported, and how long the
+weights took, so the parent can say where a load's time went.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import json
 import os
 import queue
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Iterator
 from typing import IO
@@ -23,12 +32,14 @@ from typing import IO
 from pydantic import BaseModel, ValidationError
 
 from mmserve.backends import Backend, BackendSpec, create_backend
-from mmserve.errors import MMServeError
+from mmserve.errors import ConfigError, MMServeError
+from mmserve.registry import entry
 from mmserve.types import ChatRequest, CompletionRequest, EmbedRequest, TextDelta, TextEvent
 from mmserve.workers.protocol import (
     Chunk,
     ErrorInfo,
     ErrorReply,
+    LoadTimes,
     Pong,
     Ready,
     Request,
@@ -39,6 +50,7 @@ from mmserve.workers.protocol import (
 )
 
 PARENT_PID_ENV = "MMSERVE_PARENT_PID"
+WARM_FLAG = "--warm"
 
 
 def claim_stdout() -> IO[bytes]:
@@ -211,19 +223,58 @@ class Worker:
             self.writer.error(rid, "backend", "the backend stopped without finishing the answer")
 
 
+def import_backend(kind: str, backend: str) -> float:
+    """Import the module of the backend that `mmserve.registry` names (no model yet); the
+    `time.monotonic()` once it is imported."""
+    target = entry(kind, backend).implementation
+    if target is None:
+        raise ConfigError(f"backend {backend!r} runs no code of mmserve's in a worker")
+    importlib.import_module(target.partition(":")[0])
+    return time.monotonic()
+
+
+def wait_for_spec(kind: str, backend: str, stdin: IO[bytes]) -> BackendSpec | None:
+    """A warm worker's spec: the one line its pool's taker sends; None if stdin closed first."""
+    line = stdin.readline()
+    if not line.strip():
+        return None
+    spec = BackendSpec.model_validate_json(line)
+    if (spec.kind, spec.backend) != (kind, backend):
+        raise ConfigError(
+            f"a warm worker of {kind}/{backend} was given a {spec.kind}/{spec.backend} model"
+        )
+    return spec
+
+
 def main(argv: list[str]) -> int:
+    started = time.monotonic()
     out = claim_stdout()
     die_with_parent()
     writer = ReplyWriter(out)
+    stdin = sys.stdin.buffer  # one buffered reader for a warm worker's spec and the requests
+    warm = argv[1:2] == [WARM_FLAG]
+    if warm:
+        # Before anybody listens: a failed import is its pool's to see (stderr, exit code); the
+        # next load then spawns a cold worker, which reports the reason to its model.
+        imported = import_backend(argv[2], argv[3])
     try:
-        spec = BackendSpec.model_validate_json(argv[1])
+        if warm:
+            given = wait_for_spec(argv[2], argv[3], stdin)
+            if given is None:
+                return 0
+            spec = given
+        else:
+            spec = BackendSpec.model_validate_json(argv[1])
+            imported = import_backend(spec.kind, spec.backend)
+        loading = time.monotonic()
         backend = create_backend(spec)
+        times = LoadTimes(started=started, imported=imported, weights_s=time.monotonic() - loading)
     except Exception as exc:  # report the reason to the parent, then exit
         traceback.print_exc(file=sys.stderr)
         writer.error(None, "load_failed", f"{type(exc).__name__}: {exc}")
         return 1
-    writer.send(Ready(info=backend.info()))
-    Worker(backend, writer).serve(sys.stdin.buffer)
+    writer.send(Ready(info=backend.info(), load=times))
+    Worker(backend, writer).serve(stdin)
     backend.close()
     return 0
 

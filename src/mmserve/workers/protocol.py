@@ -22,6 +22,7 @@ __all__ = [
     "Chunk",
     "ErrorInfo",
     "ErrorReply",
+    "LoadTimes",
     "Pong",
     "Ready",
     "Reply",
@@ -53,6 +54,17 @@ class Request(_Message):
     body: dict[str, Any] = Field(default_factory=dict)
 
 
+class LoadTimes(_Message):
+    """When a worker's load went through its phases. `started` and `imported` are the child's own
+    `time.monotonic()`: CLOCK_MONOTONIC is system-wide on Linux, so the parent subtracts the time
+    it spawned (or took) the child from them (see `workers.supervisor.LoadPhases`)."""
+
+    started: float  # main() began: the interpreter and the protocol's modules are up
+    imported: float  # the backend's implementation module is imported
+    weights_s: float  # seconds the backend took to load its model
+    warmup_s: float = 0.0  # seconds of a first-token warm-up, for a backend that does one
+
+
 class Ready(_Message):
     type: Literal["ready"] = "ready"
     protocol: int = PROTOCOL_VERSION
@@ -60,6 +72,8 @@ class Ready(_Message):
     # Optional: what the child says about itself (where it runs, its memory...), shown in the
     # replica's status; a Ray bridge reports its actor's node here (see workers.ray_bridge).
     details: dict[str, Any] = Field(default_factory=dict)
+    # Optional: where its load's time went (mmserve's own worker sends it; a program may not).
+    load: LoadTimes | None = None
 
 
 class Chunk(_Message):

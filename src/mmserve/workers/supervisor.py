@@ -8,6 +8,11 @@ Lifecycle (one owner: the replica that holds this object):
     fails with WorkerCrashed, and `on_exit` is called once.
 
 Restarting is not done here: a WorkerProcess runs one child once; the manager makes a new one.
+
+Given a `WarmPool` (workers.warm), `start` takes the pool's idle warm worker of its key when there
+is one (sends it the spec line, then waits for `ready` as from a cold child) and spawns a cold
+one otherwise; either way it asks the pool to fill that key again once this load is done. Where
+the load's time went is `load` (`LoadPhases`), from the times the child reports in `ready`.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ import itertools
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncGenerator, Callable
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
@@ -32,6 +39,7 @@ from mmserve.workers.protocol import (
     PROTOCOL_VERSION,
     Chunk,
     ErrorReply,
+    LoadTimes,
     Pong,
     Ready,
     Reply,
@@ -42,7 +50,10 @@ from mmserve.workers.protocol import (
     encode,
 )
 
-__all__ = ["WorkerProcess", "child_env"]
+if TYPE_CHECKING:  # workers.warm imports this module
+    from mmserve.workers.warm import WarmPool
+
+__all__ = ["LoadPhases", "WorkerProcess", "child_env"]
 
 # A reply line can hold a batch of embeddings: far above asyncio's 64 KiB default.
 MAX_LINE = 256 * 1024 * 1024
@@ -74,6 +85,52 @@ def child_env(spec: BackendSpec, base: dict[str, str] | None = None) -> dict[str
     return env
 
 
+@dataclass(frozen=True)
+class LoadPhases:
+    """Where one replica's start went, in seconds, as `load` in its status.
+
+    process_s: spawn until the child's main() ran; imports_s: until its backend's module was
+    imported; weights_s: the backend loading its model; warmup_s: a first-token warm-up (0 for a
+    backend that does none); total_s: spawn until `ready`, as the parent saw it. For a warm
+    worker the clock starts when it was taken, so process_s and imports_s are what was left of
+    them then (~0), and saved_s is what it had done of both before. A child that reports no
+    times (a user's program) has only total_s.
+    """
+
+    total_s: float
+    warm: bool
+    process_s: float | None = None
+    imports_s: float | None = None
+    weights_s: float | None = None
+    warmup_s: float | None = None
+    saved_s: float | None = None
+
+    @classmethod
+    def measure(
+        cls, times: LoadTimes | None, began: float, ready: float, spawned: float | None = None
+    ) -> LoadPhases:
+        """From the child's `times` (its own time.monotonic(): the clock is system-wide), the
+        time the parent spawned or took it (`began`) and got `ready`; `spawned`: when a warm
+        worker was spawned (None: this start spawned it)."""
+        total, warm = round(ready - began, 4), spawned is not None
+        if times is None:
+            return cls(total_s=total, warm=warm)
+        main_ran = max(times.started, began)
+        saved = max(0.0, min(times.imported, began) - spawned) if spawned is not None else None
+        return cls(
+            total_s=total,
+            warm=warm,
+            process_s=round(max(0.0, times.started - began), 4),
+            imports_s=round(max(0.0, times.imported - main_ran), 4),
+            weights_s=round(times.weights_s, 4),
+            warmup_s=round(times.warmup_s, 4),
+            saved_s=None if saved is None else round(saved, 4),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "saved_s" or self.warm}
+
+
 class WorkerProcess:
     """One child running `mmserve.workers.main` (or a user program speaking the same protocol)."""
 
@@ -84,11 +141,13 @@ class WorkerProcess:
         on_exit: Callable[[WorkerProcess], None] | None = None,
         command: list[str] | None = None,
         heartbeat: tuple[float, float] | None = None,
+        warm: WarmPool | None = None,
     ) -> None:
         self.spec = spec
         self.log = log
         self.on_exit = on_exit
         self.heartbeat = heartbeat  # (ping every N s, kill if no pong within M s)
+        self.warm = warm if command is None else None  # a user's program is never pre-started
         self.command = command or [
             sys.executable,
             "-m",
@@ -97,6 +156,9 @@ class WorkerProcess:
         ]
         self.info = WorkerInfo()
         self.details: dict[str, Any] = {}  # the child's own report, from `ready` and each `pong`
+        self.load: LoadPhases | None = None  # where the start's time went, once ready
+        self._began = 0.0  # time.monotonic() when the child was spawned or taken warm
+        self._warm_since: float | None = None  # when the warm worker it took was spawned
         self.exited = asyncio.Event()
         self.stopping = False
         self._proc: asyncio.subprocess.Process | None = None
@@ -115,20 +177,25 @@ class WorkerProcess:
         return self._proc.returncode if self._proc else None
 
     async def start(self, timeout: float) -> WorkerInfo:
-        """Spawn the child and wait for `ready`. Raises ModelUnavailable with the reason."""
+        """Take a warm worker or spawn the child, and wait for `ready`. Raises ModelUnavailable
+        with the reason."""
         self._ready = asyncio.get_running_loop().create_future()
-        self._proc = await asyncio.create_subprocess_exec(
-            *self.command,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=child_env(self.spec),
-            limit=MAX_LINE,
-            # Its own session: a Ctrl-C aimed at the server does not hit the children directly;
-            # the server stops them in order.
-            start_new_session=True,
-        )
-        self.log.event(f"started worker pid {self._proc.pid} on {self.spec.device}")
+        self._began = time.monotonic()
+        if not await self._take_warm():
+            self._proc = await asyncio.create_subprocess_exec(
+                *self.command,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=child_env(self.spec),
+                limit=MAX_LINE,
+                # Its own session: a Ctrl-C aimed at the server does not hit the children
+                # directly; the server stops them in order.
+                start_new_session=True,
+            )
+            self.log.event(f"started worker pid {self._proc.pid} on {self.spec.device}")
+        if self.warm is not None:  # the next load of this key finds one ready again
+            self.warm.refill(self.spec, after=self._ready)
         self._tasks = [
             asyncio.create_task(self._read_stderr()),
             asyncio.create_task(self._read_replies()),
@@ -146,6 +213,19 @@ class WorkerProcess:
         if self.heartbeat is not None:
             self._heartbeat = asyncio.create_task(self._watch(*self.heartbeat))
         return self.info
+
+    async def _take_warm(self) -> bool:
+        """Take the pool's warm worker of this key, if it has one, and send it the spec."""
+        taken = await self.warm.take(self.spec) if self.warm is not None else None
+        if taken is None:
+            return False
+        self._proc, self._warm_since = taken.proc, taken.spawned_at
+        self.log.event(f"took warm worker pid {taken.pid} on {self.spec.device}")
+        for line in taken.stderr:  # what it logged while it waited
+            self.log.stderr(line)
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(self.spec.model_dump_json().encode() + b"\n")
+        return True
 
     async def ping(self, timeout: float) -> bool:
         """True if the child answers a ping within `timeout` seconds."""
@@ -271,6 +351,10 @@ class WorkerProcess:
         if isinstance(reply, Ready | Pong) and reply.details:
             self.details = reply.details
         if isinstance(reply, Ready):
+            if self.load is None:
+                self.load = LoadPhases.measure(
+                    reply.load, self._began, time.monotonic(), self._warm_since
+                )
             error = None
             if reply.protocol != PROTOCOL_VERSION:
                 error = ModelUnavailable(
