@@ -299,8 +299,10 @@ class Model:
                     raise
                 continue  # the load it waited for was stopped just as it came: load again
             self._load_waiters[on_demand] -= 1
-            if not self.ready and self._stopped_loads == stopped:
+            if self.state is ModelState.FAILED:
                 raise self._unavailable()
+            # Not ready, not failed: the model went again before this caller got to it (a swap
+            # evicted it as it became ready, a load stopped as it came): wait for the next load.
 
     # ---- swap-aware order (held by the manager while a swap waits for this model's room) ----
 

@@ -13,12 +13,24 @@ It is a ServerReplica (replicas.server) whose launch mmserve writes itself:
 
     llama-server -m FILE --host 127.0.0.1 --port ${PORT} --alias NAME --parallel P
                  --ctx-size context_length*P --threads T --threads-batch T --n-gpu-layers G
-                 --jinja --no-webui [options.args...]
+                 --jinja --no-webui --no-warmup [--fit off] [options.args...]
 
 with the thread budget, OMP_WAIT_POLICY=PASSIVE and the replica's GPU (CUDA_VISIBLE_DEVICES) in
 its environment; requests are relayed to its OpenAI routes as the client sent them (validated by
 mmserve first). Chat is offered when the GGUF carries a chat template (read from the file's
-header before the start: backends.gguf); a base model serves completions only.
+header before the start: backends.gguf, remembered while the file is unchanged); a base model
+serves completions only.
+
+Swaps. With room for one model, each request for another model stops one llama-server and
+starts the next, so its start and stop are kept short (measured with bench/swap.py; SmolLM2 /
+Gemma 3 270M, 1 thread, 2 cores, before -> after: about 720 -> 500 ms / 1800 -> 1000 ms a
+request, of which the request itself is 170 / 360): no warm-up run and no memory fitting
+(`_quick_start`), the source resolved and the header read once (`_model_file`), /health asked
+as llama-server writes its lines rather than every 100 ms (`_LlamaServer`), and SIGKILL to stop
+it (STOP_SIGNAL). What is left is llama.cpp's own load (Gemma's 262k-token vocabulary: about
+350 ms) and the KV cache of `parallel` slots, which it zeroes (SmolLM2's 4 x 2048 cells: about
+100 ms more than one slot's). The file stays in the page cache between swaps; `--mlock`
+(about 15 ms slower) and `--no-mmap` (60 ms slower) do not pay.
 
 The binary is the one the setup built (scripts/build-llama-cpp), found by
 `registry.find_program`: $MMSERVE_LLAMA_SERVER, else beside the running Python (the venv's
@@ -28,6 +40,7 @@ bin/), else on PATH.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -38,6 +51,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from mmserve.backends import tool_calls
 from mmserve.backends.gguf import GgufError, read_metadata
 from mmserve.catalog import resolve_source
@@ -46,7 +61,7 @@ from mmserve.errors import ContextLengthExceeded, InvalidRequest, ModelUnavailab
 from mmserve.registry import find_program, program_variable
 from mmserve.replicas.base import ReplicaHooks
 from mmserve.replicas.process import backend_spec
-from mmserve.replicas.server import Launch, ServerReplica
+from mmserve.replicas.server import HEALTH_INTERVAL, HEALTH_TIMEOUT, Launch, Server, ServerReplica
 from mmserve.types import WorkerInfo
 from mmserve.workers.supervisor import child_env
 
@@ -55,6 +70,13 @@ __all__ = ["LlamaServerReplica", "engine_threads", "find_llama_server", "llama_c
 BASE_URL = "http://127.0.0.1:${PORT}/v1"
 HEALTH = "http://127.0.0.1:${PORT}/health"  # 200 once the model is loaded
 CONTEXT_ERROR = "exceed_context_size_error"  # llama-server's error type for a prompt too long
+# How a replica's llama-server is stopped. It keeps nothing that an exit loses (no state on
+# disk; its prompt cache is in memory), and on SIGTERM it runs its destructors first: a stop
+# took 22 ms for SmolLM2 and 52 ms for Gemma (its 262k-token vocabulary), 11-15 ms with
+# SIGKILL, time a swap waits for before the next model starts. By the time a replica is
+# stopped, its requests are done (drained) or given up on.
+STOP_SIGNAL = signal.SIGKILL
+AUTO_GPU_LAYERS = -1  # llama.cpp's own default: as many layers as the GPU holds (--fit)
 COMPLETION_TOKENS = 16  # OpenAI's default max_tokens of a completion (llama-server's: no limit)
 _CREATED = re.compile(rb'"created":\s*\d+')
 
@@ -113,11 +135,7 @@ class LlamaServerReplica(ServerReplica):
                 f"or point {program_variable('llama-server')} at one)"
             )
         assert self.spec.source is not None  # ModelSpec requires a source for llama_server
-        path = await asyncio.to_thread(resolve_source, self.spec.source)
-        try:
-            metadata = await asyncio.to_thread(read_metadata, path)
-        except (OSError, GgufError) as exc:
-            raise ModelUnavailable(f"model {self.spec.name!r}: cannot read {path}: {exc}") from None
+        path, metadata = await asyncio.to_thread(_model_file, self.spec.name, self.spec.source)
         template = str(metadata.get("tokenizer.chat_template") or "")
         self._chat = bool(template)
         self._tool_template = "tools" in template  # it renders the tools it is given
@@ -141,6 +159,7 @@ class LlamaServerReplica(ServerReplica):
             "--n-gpu-layers", str(placed.gpu_layers),
             "--jinja",
             "--no-webui",
+            *_quick_start(placed.gpu_layers),
             *_extra_args(spec.options),
         ]  # fmt: skip
         env = child_env(placed.model_copy(update={"threads": threads}))
@@ -150,10 +169,14 @@ class LlamaServerReplica(ServerReplica):
             env=tuple(sorted(env.items())),
             cwd=None,
             health=HEALTH,
-            stop_signal=signal.SIGTERM,
+            stop_signal=STOP_SIGNAL,
             stop_timeout=spec.stop_timeout,
         )
         return launch, BASE_URL
+
+    def _server_of(self, launch: Launch) -> Server:
+        # One of its own (a llama_server model has no group), that sees its readiness at once.
+        return _LlamaServer(launch)
 
     # ---- requests: relayed, with llama-server's errors in mmserve's words -------------------
 
@@ -295,6 +318,103 @@ class LlamaServerReplica(ServerReplica):
             "engine": "llama.cpp " + (llama_cpp_version() or "unknown"),
             "slots": {"total": parallel, "busy": busy, "free": parallel - busy},
         }
+
+
+@dataclass(frozen=True)
+class _ModelFile:
+    """A source's file as a launch last found it: its path, what `stat` said, its header."""
+
+    path: Path
+    stamp: tuple[int, int]  # (size, mtime_ns)
+    metadata: dict[str, str | int | float | bool]
+
+
+_MODEL_FILES: dict[str, _ModelFile] = {}  # by source
+
+
+def _model_file(name: str, source: str) -> tuple[Path, dict[str, str | int | float | bool]]:
+    """The file `source` names and its GGUF header; ModelUnavailable if it cannot be read.
+
+    Remembered by source while the file keeps its size and modification time: with room for
+    one model, every request for another one starts its llama-server again, and each time
+    resolving a catalog source checked the file's sha256 (Gemma's 253 MB: 200-250 ms here) and
+    reading the header took 20-50 ms, for the same answer."""
+    known = _MODEL_FILES.get(source)
+    if known is not None and _stamp(known.path) == known.stamp:
+        return known.path, known.metadata
+    path = resolve_source(source)
+    try:
+        info = path.stat()
+        metadata = read_metadata(path)
+    except (OSError, GgufError) as exc:
+        raise ModelUnavailable(f"model {name!r}: cannot read {path}: {exc}") from None
+    _MODEL_FILES[source] = _ModelFile(path, (info.st_size, info.st_mtime_ns), metadata)
+    return path, metadata
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """(size, mtime_ns) of the file, None if it is gone."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_size, info.st_mtime_ns
+
+
+class _LlamaServer(Server):
+    """A llama-server run whose readiness is seen as it comes, not up to a poll interval later:
+    /health is asked again at each output line (llama-server writes "model loaded" as /health
+    turns 200; it writes a few dozen lines while it starts), and every HEALTH_INTERVAL s
+    besides (for a server told to write nothing). A failed start is reported as Server does."""
+
+    def __init__(self, launch: Launch) -> None:
+        super().__init__(launch)
+        self._news = asyncio.Event()  # a line or the exit, since the last health poll
+
+    def output(self, raw: bytes) -> None:
+        super().output(raw)
+        self._news.set()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        self._news.set()
+
+    async def _wait_healthy(self, url: str, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with httpx.AsyncClient(trust_env=False, timeout=HEALTH_TIMEOUT) as client:
+            while not self.exited.is_set() and loop.time() < deadline:
+                self._news.clear()
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(url)).status_code == 200:
+                        return
+                wait = min(HEALTH_INTERVAL, deadline - loop.time())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._news.wait(), max(0.0, wait))
+        if self.exited.is_set():  # Server says how (its code, its last lines)
+            await super()._wait_healthy(url, 0.0)
+        raise ModelUnavailable(
+            f"{self.launch.who}: its server (pid {self.pid}) did not answer {url} with 200 "
+            f"within {timeout:g} s (start_timeout)"
+        )
+
+
+def _quick_start(gpu_layers: int) -> list[str]:
+    """Flags that skip start-up work that changes nothing here (with room for one model each
+    swap starts a llama-server; measured on SmolLM2 / Gemma 3 270M, 1 thread, 2 cores):
+
+      --no-warmup  its empty warm-up run (50 ms / 45 ms): the first request is not slower
+                   without it (its start already decodes 2 tokens to probe the context)
+      --fit off    its fitting of unset settings to the devices' memory, which loads the
+                   model's metadata and vocabulary once more (100 ms / 430 ms): mmserve sets
+                   the context and the GPU layers, so there is nothing left to fit, unless
+                   the layers are llama.cpp's automatic -1 (all of them on a GPU, as many as
+                   fit): then it stays on, to fit them
+    """
+    flags = ["--no-warmup"]
+    if gpu_layers != AUTO_GPU_LAYERS:
+        flags += ["--fit", "off"]
+    return flags
 
 
 def _extra_args(options: dict[str, Any]) -> list[str]:

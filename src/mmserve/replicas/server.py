@@ -386,7 +386,7 @@ class ServerReplica(Replica):
 
     async def _start(self, timeout: float) -> None:
         launch, base_url = await self._launch()
-        self._server = server = _server_for(self.spec.group, launch)
+        self._server = server = self._server_of(launch)
         await server.attach(self, self._hooks.log, self.spec.start_timeout or timeout)
         remote_spec = self.spec.model_copy(
             update={"base_url": server.fill(base_url), "backend": self.relays_as}
@@ -397,6 +397,10 @@ class ServerReplica(Replica):
         # started yet and so not told (server_exited): no await from here to `loaded_at`.
         if not server.running:
             raise ModelUnavailable(f"{launch.who}: its server exited as it became healthy")
+
+    def _server_of(self, launch: Launch) -> Server:
+        """The server this replica runs on: its group's (shared), or one of its own."""
+        return _server_for(self.spec.group, launch)
 
     async def stop(self) -> None:
         """Close the client and let go of the server (stopped unless another model of its
