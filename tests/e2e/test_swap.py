@@ -5,12 +5,17 @@ request for the other model stops one llama-server and starts the other's."""
 from __future__ import annotations
 
 import contextlib
+import json
+import socket
+import threading
+import time
 
 import httpx
 import openai
 import psutil
 import pytest
 from tests.conftest import ServerProcess
+from tests.processes import gone
 
 pytestmark = pytest.mark.slow
 
@@ -64,13 +69,6 @@ def resident(server: ServerProcess) -> int:
         with contextlib.suppress(psutil.Error):
             total += child.memory_info().rss
     return total
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def loaded(server: ServerProcess) -> dict[str, int]:
@@ -136,19 +134,68 @@ def test_alternating_requests_swap_every_time_and_all_answer_right(
 
 def test_a_cold_load_whose_only_client_left_is_stopped(server: ServerProcess) -> None:
     unload_all(server)
-    body = {"model": "gemma", "prompt": "The capital of France is", "max_tokens": 4}
-    with pytest.raises(httpx.TimeoutException):  # the client gives up while gemma loads
-        httpx.post(f"{server.url}/v1/completions", json=body, timeout=0.3)
 
     def gemma() -> dict:
         return next(m for m in server.status()["models"] if m["name"] == "gemma")
 
+    body = json.dumps({"model": "gemma", "prompt": "The capital of France is", "max_tokens": 4})
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as client:
+        client.sendall(
+            f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json"
+            f"\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
+        )
+        # Its llama-server has started loading: now the client leaves.
+        server.wait_until(lambda: any("started server pid" in line for line in gemma()["log"]))
     server.wait_until(lambda: any("load stopped" in line for line in gemma()["log"]), timeout=60)
     server.wait_until(lambda: gemma()["state"] == "unloaded", timeout=30)
     assert gemma()["replicas"] == [] and gemma()["starting"] == []
-    assert any("started server pid" in line for line in gemma()["log"])  # it had begun
     servers = [
         p for p in psutil.Process(server.proc.pid).children(recursive=True) if not gone(p.pid)
     ]
     assert not any("gemma" in " ".join(p.cmdline()) for p in servers)
     assert server.status()["loaded_models"] == 0
+
+
+def test_the_loaded_model_serves_what_came_within_the_bound_before_the_swap(
+    server: ServerProcess,
+) -> None:
+    unload_all(server)
+    body = {"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}
+    url = f"{server.url}/v1/completions"
+    assert httpx.post(url, json={**body, "model": "smollm2"}, timeout=120).status_code == 200
+    bound = 2.0  # max_swap_delay's default
+    log: list[tuple[float, float]] = []  # smollm2's (arrival, finish)
+    until = time.monotonic() + 6.0
+
+    def smollm2_client() -> None:
+        while time.monotonic() < until:
+            arrived = time.monotonic()
+            reply = httpx.post(url, json={**body, "model": "smollm2"}, timeout=120)
+            assert reply.status_code == 200, reply.text
+            log.append((arrived, time.monotonic()))
+
+    # Three times its 4 slots: some always wait, so smollm2 is never idle on its own (an idle
+    # model is evicted at once: the bound keeps what waits, not what may come).
+    clients = [threading.Thread(target=smollm2_client) for _ in range(12)]
+    for client in clients:
+        client.start()
+    time.sleep(0.5)
+    swap_at = time.monotonic()
+    reply = httpx.post(url, json={**body, "model": "gemma"}, timeout=120)
+    gemma_done = time.monotonic()
+    for client in clients:
+        client.join()
+    assert reply.status_code == 200, reply.text
+
+    # Margins: the bound counts from when the swap's load began, a few ms after swap_at. Once
+    # past it every client soon waits at the door, so the late ones arrive just after it.
+    before = [done for arrived, done in log if swap_at < arrived < swap_at + bound - 0.3]
+    late = [(arrived, done) for arrived, done in log if arrived > swap_at + bound + 0.15]
+    assert before, (swap_at, gemma_done, log)  # else the test proves nothing
+    assert any(arrived < gemma_done for arrived, _ in late), (swap_at, gemma_done, log)
+    assert all(done < gemma_done for done in before)  # same-model requests first...
+    assert all(done > gemma_done for _, done in late)  # ...up to the bound, then the swap
+    assert gemma_done - (swap_at + bound) < 10.0  # drain, load and answer: not much past it
+    metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+    assert 'mmserve_swaps_avoided_total{model="smollm2"}' in metrics

@@ -9,8 +9,8 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
-import psutil
 import pytest
+from tests.processes import gone, wait_for
 
 from mmserve.config import ModelSpec, Settings
 from mmserve.engine.manager import ModelManager
@@ -63,20 +63,6 @@ async def chat(manager: ModelManager, name: str, tokens: int = 4) -> float:
         async for _ in events:
             pass
     return time.monotonic()
-
-
-async def wait_for(condition: object, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 async def steady_requests(

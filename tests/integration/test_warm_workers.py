@@ -3,42 +3,16 @@ pre-imported worker; the fake backend, then MiniLM on sentence-transformers (slo
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
+from tests.processes import gone, wait_for, waiting_for_its_spec
 
 from mmserve.config import ModelSpec, Settings
 from mmserve.engine.manager import ModelManager
 from mmserve.types import EmbedRequest
 
 MB = 2**20
-
-
-async def wait_for(condition: Callable[[], object], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
-
-
-def gone(pid: int) -> bool:
-    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-
-
-def waiting_for_its_spec(pid: int) -> bool:
-    """Blocked reading stdin, so its imports are done (Linux names the pipe read in wchan)."""
-    try:
-        wchan = Path(f"/proc/{pid}/wchan").read_text()
-        if wchan not in ("", "0"):
-            return "pipe" in wchan
-        return psutil.Process(pid).status() == psutil.STATUS_SLEEPING
-    except (OSError, psutil.Error):
-        return False
 
 
 async def warm_pid(manager: ModelManager, backend: str, timeout: float = 30.0) -> int:

@@ -45,6 +45,7 @@ import json
 import os
 import re
 import signal
+import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from functools import cache
@@ -311,12 +312,14 @@ class LlamaServerReplica(ServerReplica):
         return exc
 
     def _details(self) -> dict[str, Any]:
+        server = self._server if isinstance(self._server, _LlamaServer) else None
         parallel = self.spec.parallel or 1
         busy = min(self.in_flight, parallel)
         return {
             **super()._details(),
             "engine": "llama.cpp " + (llama_cpp_version() or "unknown"),
             "slots": {"total": parallel, "busy": busy, "free": parallel - busy},
+            **({"load": server.load_phases(self.load_seconds)} if server else {}),
         }
 
 
@@ -361,6 +364,17 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     return info.st_size, info.st_mtime_ns
 
 
+# llama-server's lines begin with its own clock, e.g. "0.00.548.052 I srv ...": minutes,
+# seconds, milliseconds, microseconds since it started.
+_STAMP = re.compile(rb"^(\d+)\.(\d+)\.(\d+)\.(\d+) ")
+_PHASES = (("loading", b"load_model: loading model"), ("loaded", b"model loaded"))
+
+
+def _seconds(stamp: re.Match[bytes]) -> float:
+    minutes, seconds, millis, micros = (int(g) for g in stamp.groups())
+    return minutes * 60 + seconds + millis / 1e3 + micros / 1e6
+
+
 class _LlamaServer(Server):
     """A llama-server run whose readiness is seen as it comes, not up to a poll interval later:
     /health is asked again at each output line (llama-server writes "model loaded" as /health
@@ -370,10 +384,44 @@ class _LlamaServer(Server):
     def __init__(self, launch: Launch) -> None:
         super().__init__(launch)
         self._news = asyncio.Event()  # a line or the exit, since the last health poll
+        self._began = time.monotonic()  # created just before it is spawned
+        self._marks: dict[str, float] = {}  # when its start reached each phase (monotonic)
 
     def output(self, raw: bytes) -> None:
         super().output(raw)
         self._news.set()
+        self._mark(raw)
+
+    def _mark(self, raw: bytes) -> None:
+        """Note when its start reached a phase: by llama-server's own clock where its lines
+        carry one (seconds since it started), else as the line arrives."""
+        now = time.monotonic()
+        stamp = _STAMP.match(raw)
+        if stamp is not None and "clock" not in self._marks:
+            self._marks["clock"] = now - _seconds(stamp)  # when its own clock began
+        at = self._marks["clock"] + _seconds(stamp) if stamp is not None else now
+        for phase, text in _PHASES:
+            if phase not in self._marks and text in raw:
+                self._marks[phase] = at
+
+    def load_phases(self, total: float | None) -> dict[str, Any]:
+        """Where its start went, as a worker's `load` (workers.supervisor.LoadPhases): the
+        process until llama-server's clock began, no imports, its model load (weights, the
+        vocabulary, the KV cache of every slot), no warm-up (--no-warmup)."""
+        marks = self._marks
+
+        def between(start: str, end: str) -> float | None:
+            return round(marks[end] - marks[start], 4) if {start, end} <= marks.keys() else None
+
+        process = marks.get("clock")
+        return {
+            "total_s": None if total is None else round(total, 4),
+            "warm": False,
+            "process_s": None if process is None else round(max(0.0, process - self._began), 4),
+            "imports_s": 0.0,
+            "weights_s": between("loading", "loaded"),
+            "warmup_s": 0.0,
+        }
 
     def process_exited(self) -> None:
         super().process_exited()

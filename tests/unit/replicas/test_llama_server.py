@@ -105,6 +105,12 @@ def test_completion_logprobs_take_openais_legacy_shape() -> None:
 # records its arguments; takes its time over a SIGTERM, as llama-server's destructors do.
 FAKE_LLAMA_SERVER = """\
 import http.server, json, os, signal, sys, threading, time
+began = time.monotonic()
+
+def stamp():  # llama-server's own clock at the start of each line: m.ss.mmm.uuu
+    s = time.monotonic() - began
+    return f"{int(s // 60)}.{int(s % 60):02d}.{int(s * 1e3) % 1000:03d}.{int(s * 1e6) % 1000:03d} "
+
 args = sys.argv[1:]
 open(os.environ["ARGS_FILE"], "w").write(json.dumps(args))
 signal.signal(signal.SIGTERM, lambda *_: time.sleep(30))
@@ -122,11 +128,11 @@ class Health(http.server.BaseHTTPRequestHandler):
 server = http.server.ThreadingHTTPServer(("127.0.0.1", int(args[args.index("--port") + 1])), Health)
 threading.Thread(target=server.serve_forever, daemon=True).start()
 if not quiet:
-    print("srv    load_model: loading model", flush=True)
+    print(stamp() + "I srv    load_model: loading model", flush=True)
 time.sleep(float(os.environ.get("LOAD_S", "0.3")))
 ready.set()
 if not quiet:
-    print("srv  llama_server: model loaded", flush=True)
+    print(stamp() + "I srv  llama_server: model loaded", flush=True)
 time.sleep(300)
 """
 
@@ -183,6 +189,22 @@ async def test_a_cpu_start_skips_the_warm_up_and_the_fitting_and_the_operators_f
         # --fit off before the operator's own flags: llama.cpp takes the last one given.
         assert args[-4:] == ["--fit", "off", "--fit", "on"]
         assert server.info.capabilities == ["chat", "complete", "relay"]
+    finally:
+        await server.stop()
+
+
+async def test_the_status_splits_the_start_by_llama_servers_own_clock(
+    fake: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOAD_S", "0.4")  # the stand-in's model load
+    server = replica(model(gguf(tmp_path / "m.gguf", {})))
+    await server.start(30)
+    try:
+        load = server.status().details["load"]
+        assert 0.35 <= load["weights_s"] < 3.0  # "loading model" to "model loaded"
+        assert 0.0 <= load["process_s"] < load["total_s"]  # spawn to its clock's zero
+        assert load["total_s"] >= load["weights_s"] and load["warm"] is False
+        assert load["imports_s"] == 0.0 and load["warmup_s"] == 0.0
     finally:
         await server.stop()
 

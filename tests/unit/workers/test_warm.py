@@ -7,11 +7,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
 
 import psutil
+from tests.processes import gone, wait_for, waiting_for_its_spec
 
 from mmserve.backends.base import BackendSpec
 from mmserve.logs import ModelLog
@@ -26,29 +24,6 @@ def spec(threads: int = 1) -> BackendSpec:
 
 
 KEY = WarmKey.of(spec())
-
-
-async def wait_for(condition: Callable[[], object], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
-
-
-def gone(pid: int) -> bool:
-    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-
-
-def waiting_for_its_spec(pid: int) -> bool:
-    """Blocked reading stdin, so its imports are done: Linux names the pipe read in wchan (a
-    kernel that hides it: asleep is the best sign left)."""
-    try:
-        wchan = Path(f"/proc/{pid}/wchan").read_text()
-        if wchan not in ("", "0"):
-            return "pipe" in wchan
-        return psutil.Process(pid).status() == psutil.STATUS_SLEEPING
-    except (OSError, psutil.Error):
-        return False
 
 
 async def filled(pool: WarmPool, key: WarmKey = KEY) -> int:
