@@ -152,7 +152,6 @@ class Model:
         self.in_flight = 0
         self._leasing = 0  # callers between lease's start and their replica (loading, queued)
         self._load_waiters = {True: 0, False: 0}  # in ensure_ready: {on demand: n, explicit: n}
-        self._stopped_loads = 0  # on-demand loads stopped because every requester left
         # Swap-aware order (see `hold`): requests that arrive at or after `_held_from` wait at
         # the door until every hold is released; those that came earlier are served first.
         self._holds = 0
@@ -161,7 +160,6 @@ class Model:
         self._door = asyncio.Event()
         self._door.set()
         self._at_door = 0
-        self.served_ahead_of_swaps = 0  # requests served while a swap away from it waited
         self.last_used: float = 0.0
         self._epoch = 0  # leases begun: a keep-alive timer armed before the last one is stale
         self._expiry: asyncio.TimerHandle | None = None
@@ -248,7 +246,6 @@ class Model:
             # it.
             self.check(capability)
             if self._held_from is not None and arrived >= self._hold_began:
-                self.served_ahead_of_swaps += 1
                 self.telemetry.served_ahead_of_swap(self.spec.name)
             replica = await self.admission.acquire(self._live_replicas)
         except BaseException:
@@ -279,8 +276,8 @@ class Model:
         has left (`_stop_unwaited_load`); a load anyone else asked for runs to its end.
         """
         while not self.ready:
-            stopped = self._stopped_loads
             self._load_waiters[on_demand] += 1
+            left = False
             try:
                 if self.state is ModelState.LOADING:
                     await self._state_change()  # someone's load, or a crashed replica's restart
@@ -289,16 +286,12 @@ class Model:
                     load = functools.partial(self._load, self.spec.devices, on_demand=on_demand)
                     await self._ask(name, load)
             except asyncio.CancelledError:
-                self._load_waiters[on_demand] -= 1
-                if not any(self._load_waiters.values()):
-                    self._stop_unwaited_load()
+                left = True
                 raise
-            except ModelUnavailable:
+            finally:
                 self._load_waiters[on_demand] -= 1
-                if self._stopped_loads == stopped:
-                    raise
-                continue  # the load it waited for was stopped just as it came: load again
-            self._load_waiters[on_demand] -= 1
+                if left and not any(self._load_waiters.values()):
+                    self._stop_unwaited_load()
             if self.state is ModelState.FAILED:
                 raise self._unavailable()
             # Not ready, not failed: the model went again before this caller got to it (a swap
@@ -515,7 +508,6 @@ class Model:
             await self._load_replicas(devices)
         except asyncio.CancelledError:  # _stop_unwaited_load: processes ended, room given back
             self.log.event("load stopped: every request waiting for it left")
-            self._stopped_loads += 1
             self._set_state(ModelState.UNLOADED)
             self._on_change()
             raise
