@@ -1,16 +1,15 @@
 """Helpers the tests share for watching real processes: wait for a condition, tell whether a
-pid is gone, and whether a warm worker has finished its imports."""
+pid is gone."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import psutil
 
-__all__ = ["gone", "wait_for", "waiting_for_its_spec"]
+__all__ = ["gone", "wait_for"]
 
 
 async def wait_for(condition: Callable[[], object], timeout: float = 30.0) -> None:
@@ -27,15 +26,3 @@ def gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
-
-
-def waiting_for_its_spec(pid: int) -> bool:
-    """Blocked reading stdin, so its imports are done: Linux names the pipe read in wchan (a
-    kernel that hides it: asleep is the best sign left)."""
-    try:
-        wchan = Path(f"/proc/{pid}/wchan").read_text()
-        if wchan not in ("", "0"):
-            return "pipe" in wchan
-        return psutil.Process(pid).status() == psutil.STATUS_SLEEPING
-    except (OSError, psutil.Error):
-        return False

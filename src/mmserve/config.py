@@ -698,8 +698,9 @@ class Settings(_Strict):
     )
     warm_workers: bool = Field(
         True,
-        description="keep a started, pre-imported worker process ready for the next load of a "
-        "Python backend (counted in the room); false: every load starts a new process",
+        description="keep a pre-imported worker process per Python backend that forks each new "
+        "replica (no process start, no imports; counted in the room); false: every load starts "
+        "a new process",
     )
     drain_timeout: float = Field(
         30.0, ge=0, description="seconds an unload waits for in-flight requests"

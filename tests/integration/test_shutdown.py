@@ -53,8 +53,11 @@ def test_sigterm_lets_a_stream_finish_then_stops_the_children(
 
 def test_no_orphans_when_the_server_is_killed(server_factory, tmp_path: Path) -> None:
     server = start(server_factory, tmp_path)
+    server.post("/loadmodel", {"model": "later"})  # a child of the warm worker (a fork server)
     kids = children(server)
-    assert len(kids) == 3  # two replicas, one warm worker
+    assert len(kids) == 4  # two replicas, one warm worker and the replica it forked
+    (warm,) = server.status()["warm_workers"]
+    assert [k.pid for k in kids if k.ppid() == warm["pid"]] == warm["children"]
     server.proc.send_signal(signal.SIGKILL)
     server.proc.wait(timeout=10)
     # The kernel's parent-death signal (and stdin EOF) ends each child.

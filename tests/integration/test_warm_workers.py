@@ -1,12 +1,13 @@
-"""Warm workers through the engine, with real processes: a load takes the pool's pre-started,
-pre-imported worker; the fake backend, then MiniLM on sentence-transformers (slow)."""
+"""Warm workers through the engine, with real processes: a load is a child forked by the pool's
+pre-imported fork server; the fake backend, then MiniLM on sentence-transformers (slow)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import psutil
 import pytest
-from tests.processes import gone, wait_for, waiting_for_its_spec
+from tests.processes import gone, wait_for
 
 from mmserve.config import ModelSpec, Settings
 from mmserve.engine.manager import ModelManager
@@ -16,15 +17,19 @@ MB = 2**20
 
 
 async def warm_pid(manager: ModelManager, backend: str, timeout: float = 30.0) -> int:
-    """The pid of `backend`'s idle warm worker, once its imports are done."""
+    """The pid of `backend`'s fork server, once its imports are done."""
 
     def found() -> list[int]:
-        return [w["pid"] for w in manager.status().warm_workers if w["backend"] == backend]
+        status = manager.status().warm_workers
+        return [w["pid"] for w in status if w["backend"] == backend and w["ready"]]
 
     await wait_for(found, timeout)
     (pid,) = found()
-    await wait_for(lambda: waiting_for_its_spec(pid), timeout)
     return pid
+
+
+def parent_of(pid: int | None) -> int:
+    return psutil.Process(pid or 0).ppid()
 
 
 def load_of(manager: ModelManager, name: str) -> dict[str, Any]:
@@ -42,27 +47,29 @@ def fake_settings(**fields: Any) -> Settings:
     return Settings(models=specs, max_loaded_models=1, **fields)
 
 
-async def test_a_swap_takes_the_warm_worker_and_the_status_counts_it() -> None:
+async def test_swaps_fork_from_the_warm_worker_and_the_status_counts_it() -> None:
     manager = ModelManager(fake_settings())
     manager.start()
     try:
         warm = await warm_pid(manager, "fake")
         status = manager.status()
         (entry,) = status.warm_workers  # one for both fake models; none for the program
-        assert entry["kind"] == "llm" and entry["device"] == "cpu" and entry["rss_bytes"] > 0
-        assert status.resident_bytes >= entry["rss_bytes"]
+        assert entry["kind"] == "llm" and entry["device"] == "cpu" and entry["unique_bytes"] > 0
+        assert status.resident_bytes >= entry["unique_bytes"]
 
         await manager.load("a")
-        (replica,) = manager.model_status("a").replicas
-        assert replica.pid == warm and load_of(manager, "a")["warm"] is True
-        refilled = await warm_pid(manager, "fake")
-        assert refilled != warm
+        (first,) = manager.model_status("a").replicas
+        assert parent_of(first.pid) == warm and load_of(manager, "a")["warm"] is True
+        assert manager.status().warm_workers[0]["children"] == [first.pid]
 
-        await manager.load("b")  # evicts a (max_loaded_models: 1), takes the refilled one
-        assert gone(warm) and manager.model_status("b").replicas[0].pid == refilled
+        await manager.load("b")  # evicts a (max_loaded_models: 1), forked by the same one
+        (second,) = manager.model_status("b").replicas
+        assert gone(first.pid or 0) and second.pid != first.pid
+        assert parent_of(second.pid) == warm and load_of(manager, "b")["warm"] is True
+        assert [w["children"] for w in manager.status().warm_workers] == [[second.pid]]
     finally:
         await manager.stop()
-    assert manager.status().warm_workers == [] and gone(refilled)
+    assert manager.status().warm_workers == [] and gone(warm)
 
 
 async def test_no_pool_when_warm_workers_is_false() -> None:
@@ -92,7 +99,7 @@ async def test_a_model_registered_at_runtime_gets_its_key_filled() -> None:
 
 
 @pytest.mark.slow
-async def test_minilm_swapped_in_takes_a_warm_worker_and_skips_the_imports() -> None:
+async def test_minilm_swapped_in_is_forked_by_a_warm_worker_and_skips_the_imports() -> None:
     minilm = {"kind": "embedding", "source": "catalog:minilm", "preload": False}
     settings = Settings(
         models=[ModelSpec(name="minilm", **minilm), ModelSpec(name="minilm-b", **minilm)],
@@ -109,20 +116,21 @@ async def test_minilm_swapped_in_takes_a_warm_worker_and_skips_the_imports() -> 
 
         manager.start()  # fills the sentence-transformers key (a busy machine: many seconds)
         warm = await warm_pid(manager, "sentence_transformers", timeout=240)
-        rss = next(w["rss_bytes"] for w in manager.status().warm_workers if w["pid"] == warm)
-        assert rss > 100 * MB  # torch is in it
+        uss = next(w["unique_bytes"] for w in manager.status().warm_workers if w["pid"] == warm)
+        assert uss > 100 * MB  # torch is in it
 
         await manager.unload("minilm")
         assert gone(cold_pid)  # unloading gives the memory back for real
-        await manager.load("minilm-b")  # another model of the same key
-        (replica,) = manager.model_status("minilm-b").replicas
-        hot = load_of(manager, "minilm-b")
-        assert replica.pid == warm and hot["warm"] is True
-        assert hot["imports_s"] < cold["imports_s"] / 10 and hot["process_s"] < 0.05
-        assert hot["total_s"] < cold["total_s"]
-        result = await manager.embed("minilm-b", EmbedRequest(inputs=["warm"]))
-        assert len(result.vectors[0]) == 384
-        print(f"\ncold load {cold}\nwarm load {hot}\nwarm worker RSS {rss / MB:.0f} MB")
+        for name in ("minilm-b", "minilm", "minilm-b"):  # each load evicts the other
+            await manager.load(name)
+            (replica,) = manager.model_status(name).replicas
+            hot = load_of(manager, name)
+            assert parent_of(replica.pid) == warm and hot["warm"] is True
+            assert hot["imports_s"] < cold["imports_s"] / 10 and hot["process_s"] < 0.1
+            assert hot["total_s"] < cold["total_s"] / 2
+            result = await manager.embed(name, EmbedRequest(inputs=["warm"]))
+            assert len(result.vectors[0]) == 384
+        print(f"\ncold load {cold}\nwarm load {hot}\nwarm worker USS {uss / MB:.0f} MB")
     finally:
         await manager.stop()
 
@@ -136,11 +144,12 @@ async def test_idle_warm_workers_give_way_to_a_load_that_needs_their_memory() ->
     manager = ModelManager(Settings(models=specs, max_memory=160 * MB))
     manager.start()
     try:
-        await wait_for(lambda: len(manager.status().warm_workers) == 2)  # llm and embedding
+        # llm and embedding, imports done (an importing one holds little memory yet)
+        await wait_for(lambda: [w["ready"] for w in manager.status().warm_workers] == [True] * 2)
         llm_warm = next(w["pid"] for w in manager.status().warm_workers if w["kind"] == "llm")
         other = next(w["pid"] for w in manager.status().warm_workers if w["kind"] != "llm")
         await manager.load("a")  # fits only once the embedding key's warm worker is gone
-        assert manager.model_status("a").replicas[0].pid == llm_warm  # and it took its own
+        assert parent_of(manager.model_status("a").replicas[0].pid) == llm_warm  # its own
         assert gone(other)
     finally:
         await manager.stop()

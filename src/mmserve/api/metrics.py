@@ -145,7 +145,8 @@ class ModelStateCollector(Collector):
                         phases.add_metric([name, str(index), key.removesuffix("_s")], seconds)
         warm = GaugeMetricFamily(
             "mmserve_warm_worker_resident_bytes",
-            "resident memory of the idle warm workers (pre-started, pre-imported processes)",
+            "memory of the warm workers' own (pre-imported fork servers; their children share "
+            "the rest)",
         )
         warm.add_metric([], self.manager.warm.resident_bytes() if self.manager.warm else 0)
         yield from (queue, running, states, replicas, memory, phases, warm)

@@ -266,12 +266,15 @@ class ModelManager:
         self._sync_warm()
 
     def _sync_warm(self, loading: list[Model] | None = None) -> None:
-        """Keep warm workers (workers.warm) for the keys of the models not loaded, the ones a
-        load may come for; a loaded or loading model needs none until it unloads again (so a
-        server whose models are all loaded holds no idle worker)."""
+        """Keep warm workers (fork servers, workers.warm) for the keys of the models not loaded
+        or loading, the ones a load may come for. A loaded model needs none until it unloads
+        again, so a server whose models all loaded cold holds none; one whose replicas it forked
+        stays while they run, so a model swapped out and back forks again at once."""
         if self.warm is None or not self._started:
             return
-        idle, skip = (ModelState.UNLOADED, ModelState.FAILED), loading or []
+        # A loading one too: its load may be forking from it right now.
+        idle = (ModelState.UNLOADED, ModelState.FAILED, ModelState.LOADING)
+        skip = loading or []
         self.warm.want(
             key
             for model in self.models.values()
@@ -418,8 +421,8 @@ class ModelManager:
             residents = [
                 self._resident(m) for m in self.models.values() if m.resident and m is not incoming
             ]
-            # Idle warm workers (workers.warm) hold memory too, and are the first to go; the
-            # one this load will take is part of its own need already.
+            # Warm workers (workers.warm) hold memory too, and those without children are the
+            # first to go; the one this load forks from is part of its own need already.
             own = self._warm_keys.get(incoming.spec.name, [])
             warm = self.warm.resident_bytes(besides=own) if self.warm else 0
             victims = self._plan(residents, need + warm)

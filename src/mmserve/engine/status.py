@@ -50,7 +50,8 @@ class ServerStatus:
     evictions: int
     models: list[ModelStatus]
     engines: dict[str, str | None]  # the versions of what serves the models (llama.cpp's)
-    # Idle warm workers (workers.warm): each one's key, pid and rss_bytes (in resident_bytes too).
+    # Warm workers (fork servers, workers.warm): key, pid, ready, children, unique_bytes (its
+    # own memory, in resident_bytes too).
     warm_workers: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:

@@ -1,16 +1,16 @@
 """Child entry point: `python -m mmserve.workers.main SPEC_JSON`, or, for a warm worker
-(see `workers.warm`), `python -m mmserve.workers.main --warm KIND BACKEND`.
+(a fork server: `workers.forkserver`), `python -m mmserve.workers.main --warm KIND BACKEND`.
 
 Loads one backend, says `ready`, then serves protocol requests from stdin until stdin closes or
 a `shutdown` arrives. The main thread reads stdin (so `ping` and `cancel` are answered even while
 a model is busy); one executor thread runs requests in turn, because an engine such as llama.cpp
 runs one sequence at a time.
 
-A warm worker does the same work in another order: it imports the backend's module first, writes
-nothing, and blocks reading one line from stdin, the BackendSpec JSON; from there on it is a cold
-worker. Stdin closed before a spec came (the pool let it go) is a clean exit. Either way `ready`
-carries `LoadTimes`: when main() began, when the backend's module was imported, and how long the
-weights took, so the parent can say where a load's time went.
+A warm worker imports the backend's module and then forks one child per load it is asked for;
+each child goes on from `load_and_serve`, as a cold worker does after its imports. Either way
+`ready` carries `LoadTimes`: when main() began (for a forked child: when it was forked), when the
+backend's module was imported, and how long the weights took, so the parent can say where a
+load's time went.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from mmserve.backends import Backend, BackendSpec, create_backend
 from mmserve.errors import ConfigError, MMServeError
 from mmserve.registry import entry
 from mmserve.types import ChatRequest, CompletionRequest, EmbedRequest, TextDelta, TextEvent
+from mmserve.workers.forkserver import serve_forks
 from mmserve.workers.protocol import (
     Chunk,
     ErrorInfo,
@@ -233,48 +234,49 @@ def import_backend(kind: str, backend: str) -> float:
     return time.monotonic()
 
 
-def wait_for_spec(kind: str, backend: str, stdin: IO[bytes]) -> BackendSpec | None:
-    """A warm worker's spec: the one line its pool's taker sends; None if stdin closed first."""
-    line = stdin.readline()
-    if not line.strip():
-        return None
-    spec = BackendSpec.model_validate_json(line)
-    if (spec.kind, spec.backend) != (kind, backend):
-        raise ConfigError(
-            f"a warm worker of {kind}/{backend} was given a {spec.kind}/{spec.backend} model"
-        )
-    return spec
-
-
 def main(argv: list[str]) -> int:
     started = time.monotonic()
     out = claim_stdout()
     die_with_parent()
+    if argv[1:2] == [WARM_FLAG]:
+        # A fork server (workers.forkserver): a failed import is its pool's to see (stderr, exit
+        # code); the next load then spawns a cold worker, which reports the reason to its model.
+        kind, backend = argv[2], argv[3]
+        imported = import_backend(kind, backend)
+        return serve_forks(kind, backend, out, imported, forked_child)
     writer = ReplyWriter(out)
-    stdin = sys.stdin.buffer  # one buffered reader for a warm worker's spec and the requests
-    warm = argv[1:2] == [WARM_FLAG]
-    if warm:
-        # Before anybody listens: a failed import is its pool's to see (stderr, exit code); the
-        # next load then spawns a cold worker, which reports the reason to its model.
-        imported = import_backend(argv[2], argv[3])
     try:
-        if warm:
-            given = wait_for_spec(argv[2], argv[3], stdin)
-            if given is None:
-                return 0
-            spec = given
-        else:
-            spec = BackendSpec.model_validate_json(argv[1])
-            imported = import_backend(spec.kind, spec.backend)
+        spec = BackendSpec.model_validate_json(argv[1])
+        imported = import_backend(spec.kind, spec.backend)
+    except Exception as exc:  # report the reason to the parent, then exit
+        return load_failed(writer, exc)
+    return load_and_serve(spec, writer, started, imported)
+
+
+def forked_child(spec: BackendSpec, started: float, imported: float) -> int:
+    """What a forked child runs, once its own stdin, stdout and stderr are fds 0-2."""
+    out = claim_stdout()
+    os.environ[PARENT_PID_ENV] = str(os.getppid())
+    die_with_parent()  # with the fork server, which dies with the server
+    return load_and_serve(spec, ReplyWriter(out), started, imported)
+
+
+def load_failed(writer: ReplyWriter, exc: Exception) -> int:
+    traceback.print_exc(file=sys.stderr)
+    writer.error(None, "load_failed", f"{type(exc).__name__}: {exc}")
+    return 1
+
+
+def load_and_serve(spec: BackendSpec, writer: ReplyWriter, started: float, imported: float) -> int:
+    """Load the model, say `ready` (with where the time went), serve until stdin closes."""
+    try:
         loading = time.monotonic()
         backend = create_backend(spec)
         times = LoadTimes(started=started, imported=imported, weights_s=time.monotonic() - loading)
-    except Exception as exc:  # report the reason to the parent, then exit
-        traceback.print_exc(file=sys.stderr)
-        writer.error(None, "load_failed", f"{type(exc).__name__}: {exc}")
-        return 1
+    except Exception as exc:
+        return load_failed(writer, exc)
     writer.send(Ready(info=backend.info(), load=times))
-    Worker(backend, writer).serve(stdin)
+    Worker(backend, writer).serve(sys.stdin.buffer)
     backend.close()
     return 0
 

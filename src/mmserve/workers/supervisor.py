@@ -9,10 +9,10 @@ Lifecycle (one owner: the replica that holds this object):
 
 Restarting is not done here: a WorkerProcess runs one child once; the manager makes a new one.
 
-Given a `WarmPool` (workers.warm), `start` takes the pool's idle warm worker of its key when there
-is one (sends it the spec line, then waits for `ready` as from a cold child) and spawns a cold
-one otherwise; either way it asks the pool to fill that key again once this load is done. Where
-the load's time went is `load` (`LoadPhases`), from the times the child reports in `ready`.
+Given a `WarmPool` (workers.warm), `start` has the fork server of its key fork the child when there
+is one (a `ForkedProcess`: the same pipes and signals as a spawned child, then `ready` as from a
+cold one) and spawns a cold one otherwise. Where the load's time went is `load` (`LoadPhases`),
+from the times the child reports in `ready`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
@@ -62,6 +62,24 @@ STOP_GRACE = 5.0
 _Pending = asyncio.Queue[Chunk | Result | ErrorReply | Pong | MMServeError]
 
 
+class Child(Protocol):
+    """What a WorkerProcess uses of its child: asyncio's Process, or a `ForkedProcess`."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+    @property
+    def stdin(self) -> asyncio.StreamWriter | None: ...
+    @property
+    def stdout(self) -> asyncio.StreamReader | None: ...
+    @property
+    def stderr(self) -> asyncio.StreamReader | None: ...
+    async def wait(self) -> int: ...
+    def send_signal(self, sig: int) -> None: ...
+    def kill(self) -> None: ...
+
+
 def child_env(spec: BackendSpec, base: dict[str, str] | None = None) -> dict[str, str]:
     """The child's environment: its thread budget, its device, and no busy-waiting threads.
 
@@ -91,10 +109,10 @@ class LoadPhases:
 
     process_s: spawn until the child's main() ran; imports_s: until its backend's module was
     imported; weights_s: the backend loading its model; warmup_s: a first-token warm-up (0 for a
-    backend that does none); total_s: spawn until `ready`, as the parent saw it. For a warm
-    worker the clock starts when it was taken, so process_s and imports_s are what was left of
-    them then (~0), and saved_s is what it had done of both before. A child that reports no
-    times (a user's program) has only total_s.
+    backend that does none); total_s: spawn until `ready`, as the parent saw it. For a child
+    forked by a warm worker the clock starts at the request to fork, so process_s is the fork
+    and imports_s ~0, and saved_s is what the warm worker had done of both before. A child that
+    reports no times (a user's program) has only total_s.
     """
 
     total_s: float
@@ -157,11 +175,11 @@ class WorkerProcess:
         self.info = WorkerInfo()
         self.details: dict[str, Any] = {}  # the child's own report, from `ready` and each `pong`
         self.load: LoadPhases | None = None  # where the start's time went, once ready
-        self._began = 0.0  # time.monotonic() when the child was spawned or taken warm
-        self._warm_since: float | None = None  # when the warm worker it took was spawned
+        self._began = 0.0  # time.monotonic() when the child was spawned or asked to fork
+        self._warm_since: float | None = None  # when the warm worker it forked from started
         self.exited = asyncio.Event()
         self.stopping = False
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: Child | None = None
         self._ready: asyncio.Future[WorkerInfo] | None = None
         self._pending: dict[str, _Pending] = {}
         self._ids = itertools.count(1)
@@ -177,11 +195,11 @@ class WorkerProcess:
         return self._proc.returncode if self._proc else None
 
     async def start(self, timeout: float) -> WorkerInfo:
-        """Take a warm worker or spawn the child, and wait for `ready`. Raises ModelUnavailable
-        with the reason."""
+        """Fork the child from a warm worker or spawn it, and wait for `ready`. Raises
+        ModelUnavailable with the reason."""
         self._ready = asyncio.get_running_loop().create_future()
         self._began = time.monotonic()
-        if not await self._take_warm():
+        if not await self._fork_warm():
             self._proc = await asyncio.create_subprocess_exec(
                 *self.command,
                 stdin=asyncio.subprocess.PIPE,
@@ -194,8 +212,6 @@ class WorkerProcess:
                 start_new_session=True,
             )
             self.log.event(f"started worker pid {self._proc.pid} on {self.spec.device}")
-        if self.warm is not None:  # the next load of this key finds one ready again
-            self.warm.refill(self.spec, after=self._ready)
         self._tasks = [
             asyncio.create_task(self._read_stderr()),
             asyncio.create_task(self._read_replies()),
@@ -214,17 +230,16 @@ class WorkerProcess:
             self._heartbeat = asyncio.create_task(self._watch(*self.heartbeat))
         return self.info
 
-    async def _take_warm(self) -> bool:
-        """Take the pool's warm worker of this key, if it has one, and send it the spec."""
-        taken = await self.warm.take(self.spec) if self.warm is not None else None
-        if taken is None:
+    async def _fork_warm(self) -> bool:
+        """Have the pool's warm worker of this key fork the child, if it has one."""
+        forked = await self.warm.fork(self.spec) if self.warm is not None else None
+        if forked is None:
             return False
-        self._proc, self._warm_since = taken.proc, taken.spawned_at
-        self.log.event(f"took warm worker pid {taken.pid} on {self.spec.device}")
-        for line in taken.stderr:  # what it logged while it waited
-            self.log.stderr(line)
-        assert self._proc.stdin is not None
-        self._proc.stdin.write(self.spec.model_dump_json().encode() + b"\n")
+        self._proc, self._warm_since = forked, forked.spawned_at
+        self.log.event(
+            f"forked worker pid {forked.pid} from warm worker pid {forked.server_pid} "
+            f"on {self.spec.device}"
+        )
         return True
 
     async def ping(self, timeout: float) -> bool:
@@ -303,7 +318,7 @@ class WorkerProcess:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _wait_or_signal(self, proc: asyncio.subprocess.Process, grace: float) -> None:
+    async def _wait_or_signal(self, proc: Child, grace: float) -> None:
         for sig in (None, signal.SIGTERM, signal.SIGKILL):
             if sig is not None:
                 with contextlib.suppress(ProcessLookupError):

@@ -1,53 +1,51 @@
-"""WarmPool: started, pre-imported worker processes, each waiting for the next model of its key.
+"""WarmPool: one fork server per key, which has imported the backend and forks a worker per load.
 
 A cold load of a Python-backend model pays the interpreter's start and the engine's imports
-(torch and sentence-transformers: seconds, tens of seconds on a busy machine) before it reads a
-byte of weights. The pool keeps at most one idle worker per `WarmKey` (backend, kind, device,
-threads: what `child_env` and the imports depend on) that has paid all that already:
-`python -m mmserve.workers.main --warm KIND BACKEND`, run with the environment a real worker of
-that key gets (`child_env`), blocked reading its spec from stdin. A `WorkerProcess` that starts
-takes it (`take`), sends it the spec line, and waits for `ready` as from a cold child; then it
-asks the pool to fill that key again (`refill`). Unloading ends the replica's process as ever,
-so its memory really comes back; only the idle warm workers stay, and they are counted
-(`resident_bytes`, `status`): the room counts them against max_memory.
+(torch and sentence-transformers: about 4 s of CPU here, more on a busy machine) before it reads
+a byte of weights. The pool keeps one warm worker per wanted `WarmKey` (backend, kind, device,
+threads: what `child_env` and the imports depend on): `python -m mmserve.workers.main --warm
+KIND BACKEND`, run with the environment a real worker of that key gets, which imports once and
+then forks a child per load (`workers.forkserver`: why that is safe, and how it is checked). A
+`WorkerProcess` that starts asks the pool to `fork` one; the child it gets behaves as a cold one
+(`ForkedProcess` has what the supervisor uses of asyncio's Process), and the fork server is at
+once ready for the next load: nothing to refill.
 
-Pre-spawned processes, not a fork server. A fork server would import torch once and fork a
-child per load, but forking a process whose imports have started threads (OpenMP's and MKL's
-pools, torch's intra-op threads, tokenizers') is unsafe: the child gets the threads' locks in
-whatever state they were, without the threads, and can hang in its first parallel region; CUDA
-cannot be used at all in a child forked after it was initialised. The environment the imports
-read (OMP_NUM_THREADS, CUDA_VISIBLE_DEVICES) differs per key too, so it would take a fork server
-per key: a pre-spawned process with more steps and more risk. A warm worker is an ordinary
-`workers.main` process that did its imports early, so a warm load runs exactly the code of a
-cold one. It costs the memory of the imports while idle (its RSS: measured ~45 MB for the fake
-backend, ~420 MB for sentence-transformers on CPU).
+Chosen over the earlier design of one pre-started process per key, taken whole by a load and
+refilled in the background: a refill is the whole import again, so with swaps every second or
+so the next warm worker was never ready (MiniLM and SmolLM2 alternating: 0.17 of one process
+loading each in turn; docs/benchmarks.md). Unloading still ends the replica's process, so the
+model's memory really comes back; the fork server's own memory (its USS: what would come back
+if it ended; its children share the rest) is counted in the room and shown in the status.
 
-One warm worker's life, every step on the event loop's thread:
+One fork server's life, every step on the event loop's thread:
 
-    fill:   spawned at nice 10 (low priority: it must not slow the loads being served)
-    idle:   its stderr kept (replayed into the log of the model that takes it)
-    take:   back to nice 0 (best effort: lowering nice takes privilege), handed to the taker
-    exit:   one that dies while idle is dropped; the next take or `want` of its key fills it
-    close:  stdin closed, SIGTERM, SIGKILL after STOP_GRACE; each exit awaited
+    start:   spawned at nice 10 (it must not slow the loads being served); its stderr kept
+    ready:   it says so once imported, with its thread count (forks only with one thread)
+    fork:    the pool sends a spec and the child's three pipes; the child is reniced to 0 and
+             handed to the caller; the fork server reports the child's exit code later
+    stop:    its socket closed (the key no longer wanted, or its memory needed by a load, and
+             no child of its own alive); it exits, awaited
+    exit:    one that dies on its own is dropped; the next `want` of its key starts another
 
-A refill after a take waits until that load finished, or REFILL_DELAY at most, so it does not
-compete with the load it serves. Only wanted keys are filled: the pool's owner (the engine)
-names the keys of its registered Python-worker models (`want`); a program's own `command`, a
-llama-server, a remote or in-process model, a Ray bridge need none.
+Only wanted keys get one: the pool's owner (the engine) names the keys of its registered
+Python-worker models (`want`); a program's own `command`, a llama-server, a remote or in-process
+model, a Ray bridge need none. A fork server with children is kept while they run, wanted or not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,19 +55,19 @@ from mmserve.backends.base import BackendSpec
 from mmserve.workers.main import WARM_FLAG
 from mmserve.workers.supervisor import MAX_LINE, child_env
 
-__all__ = ["WarmKey", "WarmPool", "WarmProcess"]
+__all__ = ["ForkServer", "ForkedProcess", "WarmKey", "WarmPool"]
 
-REFILL_DELAY = 1.0  # seconds a refill waits at most for the load it follows to finish
-LOW_PRIORITY = 10  # the nice of a warm worker until it is taken
+LOW_PRIORITY = 10  # the nice of a fork server (and so of a child until it is handed over)
 STOP_GRACE = 2.0
-STDERR_TAIL = 50  # lines of an idle warm worker's stderr kept
+STDERR_TAIL = 50  # lines of a fork server's stderr kept
+UNKNOWN_CODE = -1  # the exit code of a child whose fork server died before it
 
 _log = logging.getLogger("mmserve.warm")
 
 
 @dataclass(frozen=True)
 class WarmKey:
-    """What a worker's environment and imports depend on: one warm worker serves any model of
+    """What a worker's environment and imports depend on: one fork server serves any model of
     the same key."""
 
     backend: str
@@ -86,7 +84,11 @@ class WarmKey:
 
     def env(self) -> dict[str, str]:
         """The environment a real worker of this key gets (`child_env` reads only its threads
-        and device)."""
+        and device), but for OpenBLAS's threads: one. numpy's OpenBLAS starts its thread pool
+        as it loads (measured: 1 thread more per thread asked for), and a fork server must have
+        no thread but its own; torch's threads (OpenMP, MKL) start at the first operation, and
+        each child sets their number (`torch.set_num_threads`). So numpy's own BLAS runs on one
+        thread in a forked child: the models' work is torch's."""
         placeholder = BackendSpec(
             name=f"warm {self.kind}/{self.backend}",
             kind=self.kind,
@@ -94,141 +96,284 @@ class WarmKey:
             threads=self.threads,
             device=self.device,
         )
-        return child_env(placeholder)
+        return {**child_env(placeholder), "OPENBLAS_NUM_THREADS": "1"}
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-@dataclass
-class WarmProcess:
-    """A warm worker: its process, when it was spawned (time.monotonic()), and the tail of
-    what it wrote to stderr while it waited."""
+class ForkedProcess:
+    """A worker forked by a fork server, as the supervisor sees a child: pid, pipes, exit code,
+    signals. Its exit code comes from the fork server (its parent); the pidfd makes signals safe
+    from pid reuse and tells when it is gone if the fork server went first."""
 
-    key: WarmKey
-    proc: asyncio.subprocess.Process
-    spawned_at: float
-    stderr: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_TAIL))
-    watcher: asyncio.Task[None] | None = None
+    def __init__(
+        self,
+        pid: int,
+        server: ForkServer,
+        stdin: asyncio.StreamWriter,
+        stdout: asyncio.StreamReader,
+        stderr: asyncio.StreamReader,
+    ) -> None:
+        self.pid = pid
+        self.server_pid = server.pid
+        self.spawned_at = server.spawned_at  # when the imports it skipped began
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+        self.returncode: int | None = None
+        self._exited = asyncio.get_running_loop().create_future()
+        self._pidfd: int | None = os.pidfd_open(pid)
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exited)
+
+    def send_signal(self, sig: int) -> None:
+        if self._pidfd is None or self.returncode is not None:
+            raise ProcessLookupError(self.pid)
+        signal.pidfd_send_signal(self._pidfd, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def exited(self, code: int) -> None:
+        if self.returncode is not None:
+            return
+        self.returncode = code
+        self._forget_pidfd()
+        if not self._exited.done():
+            self._exited.set_result(code)
+
+    def orphaned(self) -> None:
+        """Its fork server died: its exit will not be reported, so watch for it here."""
+        if self._pidfd is not None and self.returncode is None:
+            asyncio.get_running_loop().add_reader(self._pidfd, self.exited, UNKNOWN_CODE)
+
+    def _forget_pidfd(self) -> None:
+        if self._pidfd is not None:
+            asyncio.get_running_loop().remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+
+class ForkServer:
+    """One running fork server: its process, its socket, what it has said, its live children."""
+
+    def __init__(self, key: WarmKey, proc: asyncio.subprocess.Process, sock: socket.socket):
+        self.key = key
+        self.proc = proc
+        self.sock = sock  # our end; closing it tells the fork server to stop
+        self.spawned_at = time.monotonic()
+        self.ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()  # threads
+        self.children: dict[int, ForkedProcess] = {}
+        self.stderr: deque[str] = deque(maxlen=STDERR_TAIL)
+        self._forks: deque[asyncio.Future[int]] = deque()  # sent, not yet answered, in order
+        self._tasks = [
+            asyncio.create_task(self._read_lines(), name=f"fork server {proc.pid}"),
+            asyncio.create_task(self._read_stderr(), name=f"fork server {proc.pid} stderr"),
+        ]
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
-    def rss_bytes(self) -> int:
+    @property
+    def idle(self) -> bool:
+        """No child of its own alive, and none being forked."""
+        return not self.children and not self._forks
+
+    @property
+    def stopping(self) -> bool:
+        return self.sock.fileno() == -1
+
+    def unique_bytes(self) -> int:
+        """Memory that would come back if it ended (its USS; its children share the rest)."""
         with contextlib.suppress(psutil.Error):
-            return int(psutil.Process(self.pid).memory_info().rss)
+            return int(psutil.Process(self.pid).memory_full_info().uss)
         return 0
 
-    async def unwatch(self) -> None:
-        """Stop reading its stderr (whoever takes it reads it from here on)."""
-        if self.watcher is not None:
-            self.watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.watcher
-            self.watcher = None
+    async def fork(self, spec: BackendSpec) -> ForkedProcess | None:
+        """A child loading `spec`, or None (the fork server is gone, stopping, or refused: the
+        caller spawns a cold worker)."""
+        if self.stopping or self.proc.returncode is not None:
+            return None
+        await asyncio.wait([self.ready])  # cancelled if it exits first
+        if self.ready.cancelled() or self.ready.result() != 1 or self.stopping:
+            return None
+        ours, theirs = _pipes()
+        answer = asyncio.get_running_loop().create_future()
+        try:
+            socket.send_fds(self.sock, [spec.model_dump_json().encode()], theirs)
+        except OSError as exc:
+            _close(*ours)
+            _log.warning("could not ask fork server pid %d for a worker: %s", self.pid, exc)
+            return None
+        finally:
+            _close(*theirs)  # the fork server has its own copies now
+        self._forks.append(answer)
+        try:
+            pid = await answer
+        except (RuntimeError, ConnectionResetError):  # refused, or the fork server died
+            _close(*ours)
+            return None
+        except asyncio.CancelledError:  # our caller left: a child forked all the same finds
+            _close(*ours)  # its stdin closed and exits
+            raise
+        child = ForkedProcess(pid, self, *await _streams(*ours))
+        self.children[pid] = child
+        _renice(pid, 0)
+        return child
+
+    def stop(self) -> None:
+        """Tell it to stop (it forks nothing more, and exits once its children have)."""
+        if not self.stopping:
+            self.sock.close()
+
+    async def wait_stopped(self) -> None:
+        """Stop it and await its exit (SIGTERM, then SIGKILL, after STOP_GRACE each)."""
+        self.stop()
+        for sig in (None, signal.SIGTERM, signal.SIGKILL):
+            if sig is not None and self.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.send_signal(sig)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), STOP_GRACE)
+                break
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            **self.key.to_json(),
+            "pid": self.pid,
+            "ready": self.ready.done() and not self.ready.cancelled(),
+            "children": sorted(self.children),
+            "unique_bytes": self.unique_bytes(),
+        }
+
+    async def _read_lines(self) -> None:
+        assert self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            try:
+                self._heard(json.loads(raw))
+            except (ValueError, KeyError, TypeError):
+                _log.warning("fork server pid %d said %r", self.pid, raw[:200])
+        await self.proc.wait()
+        self.ready.cancel()
+        for answer in self._forks:
+            if not answer.done():
+                answer.set_exception(ConnectionResetError("the fork server exited"))
+        for child in self.children.values():
+            child.orphaned()
+        self.children.clear()
+        self.sock.close()
+
+    def _heard(self, message: dict[str, Any]) -> None:
+        if "ready" in message:
+            threads = int(message["threads"])
+            if threads != 1:
+                _log.warning(
+                    "fork server pid %d for %s runs %d threads after its imports: it will not "
+                    "fork (loads of this key start cold)",
+                    self.pid,
+                    self.key,
+                    threads,
+                )
+            if not self.ready.done():
+                self.ready.set_result(threads)
+        elif "forked" in message or "refused" in message:
+            answer = self._forks.popleft()
+            if answer.done():  # its caller left; the child exits on its own (stdin closed)
+                return
+            if "forked" in message:
+                answer.set_result(int(message["forked"]))
+            else:
+                answer.set_exception(RuntimeError(message["refused"]))
+                _log.warning("fork server pid %d refused a load: %s", self.pid, message["refused"])
+        elif "exited" in message:
+            child = self.children.pop(int(message["exited"]), None)
+            if child is not None:
+                child.exited(int(message["code"]))
+
+    async def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        async for raw in self.proc.stderr:
+            self.stderr.append(raw.decode(errors="replace").rstrip())
 
 
 class WarmPool:
-    """At most one idle warm worker per wanted key. Every method runs on the event loop's
-    thread; `want` and `refill` return at once and fill in background tasks."""
+    """A fork server per wanted key. Every method runs on the event loop's thread; `want`
+    returns at once and starts fork servers in the background."""
 
-    def __init__(self, *, refill_delay: float = REFILL_DELAY, python: str | None = None) -> None:
-        self.refill_delay = refill_delay
+    def __init__(self, *, python: str | None = None) -> None:
         self._python = python or sys.executable
         self._wanted: set[WarmKey] = set()
-        self._idle: dict[WarmKey, WarmProcess] = {}
-        self._filling: dict[WarmKey, asyncio.Task[None]] = {}  # at most one fill per key
-        self._stopping: set[asyncio.Task[None]] = set()  # idle ones no longer wanted
+        self._servers: dict[WarmKey, ForkServer] = {}
+        self._starting: dict[WarmKey, asyncio.Task[None]] = {}  # at most one start per key
+        self._stopping: set[asyncio.Task[None]] = set()
         self._closed = False
 
     def want(self, keys: Iterable[WarmKey]) -> None:
-        """Keep a warm worker for each of `keys` from now on, and for no other key: those
-        without one are filled now, in the background; idle ones of keys no longer wanted
-        are stopped (their memory back)."""
+        """Keep a fork server for each of `keys` from now on: those without one start now, in
+        the background; those of other keys stop once they have no children (memory back)."""
         self._wanted = set(keys)
         for key in self._wanted:
-            self._refill(key, None)
-        for key in [k for k in self._filling if k not in self._wanted]:
-            self._filling[key].cancel()
-        for key in [k for k in self._idle if k not in self._wanted]:
-            task = asyncio.create_task(self._stop(self._idle.pop(key)), name=f"warm stop {key}")
-            self._stopping.add(task)
-            task.add_done_callback(self._stopping.discard)
+            self._start(key)
+        for key in [k for k in self._starting if k not in self._wanted]:
+            self._starting[key].cancel()
+        self._stop_where(lambda s: s.key not in self._wanted)
 
-    def refill(self, spec: BackendSpec, after: asyncio.Future[Any] | None = None) -> None:
-        """Fill `spec`'s key again if it is wanted and has no warm worker, once `after` (the
-        load that took the last one, or spawned cold) is done, or REFILL_DELAY s at most.
-        Idempotent: one fill per key at a time."""
-        self._refill(WarmKey.of(spec), after)
-
-    def _refill(self, key: WarmKey, after: asyncio.Future[Any] | None) -> None:
-        if self._closed or key not in self._wanted or key in self._idle or key in self._filling:
-            return
-        task = asyncio.create_task(self._fill(key, after), name=f"warm fill {key}")
-        self._filling[key] = task
-        task.add_done_callback(lambda _: self._filling.pop(key, None))
-
-    async def take(self, spec: BackendSpec) -> WarmProcess | None:
-        """The idle warm worker of `spec`'s key, now the caller's (it sends the spec line and
-        owns the process from then on); None if there is none. Does not refill: see `refill`."""
+    async def fork(self, spec: BackendSpec) -> ForkedProcess | None:
+        """A worker for `spec` forked by its key's fork server (waiting for its imports if it is
+        still at them); None when there is none (the caller spawns a cold worker)."""
         key = WarmKey.of(spec)
-        filling = self._filling.get(key)
-        if filling is not None and key not in self._idle:
-            # Half way through its imports already: finishing them beats starting over cold.
-            await asyncio.wait([filling])
-        warm = self._idle.pop(key, None)
-        if warm is None:
-            return None
-        await warm.unwatch()
-        if warm.proc.returncode is not None:  # died just now; its watcher had not said so yet
-            await self._stop(warm)
-            return None
-        _renice(warm.pid, 0)
-        return warm
+        starting = self._starting.get(key)
+        if starting is not None:
+            await asyncio.wait([starting])
+        server = self._servers.get(key)
+        child = await server.fork(spec) if server is not None else None
+        if child is None and server is not None and server.proc.returncode is not None:
+            self._drop(server)
+        return child
 
     async def drop_idle(self, keep: Iterable[WarmKey] = ()) -> None:
-        """End the idle warm workers but those of `keep` now (a load needs their memory); the
-        keys stay wanted, and are filled again at the next `want` or take."""
+        """End the fork servers without children but those of `keys` now (a load needs their
+        memory); the keys stay wanted, and get one again at the next `want`."""
         kept = set(keep)
-        idle = [self._idle.pop(k) for k in list(self._idle) if k not in kept]
-        await asyncio.gather(*(self._stop(w) for w in idle))
+        await asyncio.gather(*self._stop_where(lambda s: s.key not in kept))
 
     def resident_bytes(self, besides: Iterable[WarmKey] = ()) -> int:
-        """The memory the idle warm workers hold (their RSS), but for those of `besides`."""
+        """The memory the fork servers hold of their own (USS), but for those of `besides`."""
         skip = set(besides)
-        return sum(w.rss_bytes() for k, w in self._idle.items() if k not in skip)
+        return sum(s.unique_bytes() for k, s in self._servers.items() if k not in skip)
 
     def status(self) -> list[dict[str, Any]]:
-        """One entry per idle warm worker: its key, pid and RSS."""
-        return [
-            {**w.key.to_json(), "pid": w.pid, "rss_bytes": w.rss_bytes()}
-            for w in self._idle.values()
-        ]
+        """One entry per fork server: its key, pid, readiness, children and own memory."""
+        return [s.status() for s in self._servers.values()]
 
     async def close(self) -> None:
-        """Stop filling and end every idle warm worker, awaiting their exits. Idempotent; the
-        pool fills nothing afterwards."""
+        """Stop every fork server, awaiting their exits. Idempotent; the pool starts nothing
+        afterwards."""
         self._closed = True
-        filling = list(self._filling.values())
-        for task in filling:
+        starting = list(self._starting.values())
+        for task in starting:
             task.cancel()  # a spawn cut short is killed and awaited by asyncio itself
-        await asyncio.gather(*filling, return_exceptions=True)
-        idle, self._idle = list(self._idle.values()), {}
-        await asyncio.gather(*(self._stop(w) for w in idle), *self._stopping)
+        await asyncio.gather(*starting, return_exceptions=True)
+        servers, self._servers = list(self._servers.values()), {}
+        await asyncio.gather(*(s.wait_stopped() for s in servers), *self._stopping)
 
     # ---- the background work -----------------------------------------------------------------
 
-    async def _fill(self, key: WarmKey, after: asyncio.Future[Any] | None) -> None:
-        if after is not None:
-            await asyncio.wait([after], timeout=self.refill_delay)
-            await asyncio.sleep(0.05)  # the owner's view of what is loaded catches up (`want`)
-        if self._closed or key in self._idle or key not in self._wanted:
+    def _start(self, key: WarmKey) -> None:
+        if self._closed or key in self._servers or key in self._starting:
             return
+        task = asyncio.create_task(self._spawn(key), name=f"fork server start {key}")
+        self._starting[key] = task
+        task.add_done_callback(lambda _: self._starting.pop(key, None))
+
+    async def _spawn(self, key: WarmKey) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             proc = await asyncio.create_subprocess_exec(
                 *key.command(self._python),
-                stdin=asyncio.subprocess.PIPE,
+                stdin=theirs.fileno(),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 env=key.env(),
@@ -236,44 +381,85 @@ class WarmPool:
                 start_new_session=True,  # as a cold worker: the server stops it, not a Ctrl-C
             )
         except OSError as exc:  # no processes or fds left: the loads spawn cold meanwhile
-            _log.warning("could not start a warm worker for %s: %s", key, exc)
+            ours.close()
+            _log.warning("could not start a fork server for %s: %s", key, exc)
             return
+        except asyncio.CancelledError:  # the pool closed, or the key is no longer wanted
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
         _renice(proc.pid, LOW_PRIORITY)
-        warm = WarmProcess(key, proc, spawned_at=time.monotonic())
-        self._idle[key] = warm
-        warm.watcher = asyncio.create_task(self._watch(warm), name=f"warm {proc.pid}")
+        server = ForkServer(key, proc, ours)
+        self._servers[key] = server
+        watcher = asyncio.create_task(self._watch(server), name=f"fork server watch {proc.pid}")
+        self._stopping.add(watcher)
+        watcher.add_done_callback(self._stopping.discard)
 
-    async def _watch(self, warm: WarmProcess) -> None:
-        """Read an idle warm worker's stderr (a full pipe would block it) until it is taken
-        (cancelled) or exits; one that exits is dropped."""
-        assert warm.proc.stderr is not None
-        async for raw in warm.proc.stderr:
-            warm.stderr.append(raw.decode(errors="replace").rstrip())
-        await warm.proc.wait()
-        if self._idle.get(warm.key) is warm:
-            del self._idle[warm.key]
-        if not self._closed:
+    async def _watch(self, server: ForkServer) -> None:
+        await server.proc.wait()
+        self._drop(server)
+        if not self._closed and not server.stopping:
             _log.warning(
-                "warm worker pid %d for %s exited with code %s: %s",
-                warm.pid,
-                warm.key,
-                warm.proc.returncode,
-                " | ".join(list(warm.stderr)[-3:]) or "no output",
+                "fork server pid %d for %s exited with code %s: %s",
+                server.pid,
+                server.key,
+                server.proc.returncode,
+                " | ".join(list(server.stderr)[-3:]) or "no output",
             )
 
-    async def _stop(self, warm: WarmProcess) -> None:
-        await warm.unwatch()
-        proc = warm.proc
-        if proc.stdin is not None:
-            proc.stdin.close()  # a warm worker waiting for its spec exits on EOF
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            if proc.returncode is not None:
-                break
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(sig)  # it holds no model: no need to wait for a clean exit
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), STOP_GRACE)
-        await proc.wait()
+    def _drop(self, server: ForkServer) -> None:
+        if self._servers.get(server.key) is server:
+            del self._servers[server.key]
+
+    def _stop_where(self, condition: Any) -> list[asyncio.Task[None]]:
+        """Stop (in background tasks, returned) the fork servers without children that meet
+        `condition`."""
+        tasks = []
+        for server in [s for s in self._servers.values() if s.idle and condition(s)]:
+            self._drop(server)
+            task = asyncio.create_task(server.wait_stopped(), name=f"fork server stop {server.pid}")
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+            tasks.append(task)
+        return tasks
+
+
+def _pipes() -> tuple[tuple[int, int, int], list[int]]:
+    """Three pipes for a child: (our stdin write end, stdout and stderr read ends), and the
+    child's ends (stdin read, stdout and stderr write), in fd order 0, 1, 2."""
+    stdin_r, stdin_w = os.pipe()
+    stdout_r, stdout_w = os.pipe()
+    stderr_r, stderr_w = os.pipe()
+    return (stdin_w, stdout_r, stderr_r), [stdin_r, stdout_w, stderr_w]
+
+
+async def _streams(
+    stdin_w: int, stdout_r: int, stderr_r: int
+) -> tuple[asyncio.StreamWriter, asyncio.StreamReader, asyncio.StreamReader]:
+    """asyncio streams on our ends of a forked child's pipes, as asyncio's subprocesses have."""
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, os.fdopen(stdin_w, "wb", buffering=0)
+    )
+    writer = asyncio.StreamWriter(transport, protocol, None, loop)
+    return writer, await _reader(stdout_r), await _reader(stderr_r)
+
+
+async def _reader(fd: int) -> asyncio.StreamReader:
+    reader = asyncio.StreamReader(limit=MAX_LINE)
+    protocol = asyncio.StreamReaderProtocol(reader)
+    await asyncio.get_running_loop().connect_read_pipe(
+        lambda: protocol, os.fdopen(fd, "rb", buffering=0)
+    )
+    return reader
+
+
+def _close(*fds: int) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _renice(pid: int, nice: int) -> None:
@@ -281,7 +467,7 @@ def _renice(pid: int, nice: int) -> None:
     inherits its starter's), and its autogroup's (Linux runs each session, and a worker has its
     own, as one group: without that, nice would weigh only against the group's own threads).
     Raising a nice is always allowed; lowering it back takes privilege (CAP_SYS_NICE or
-    RLIMIT_NICE), so without it a taken warm worker stays at LOW_PRIORITY."""
+    RLIMIT_NICE), so without it a forked child stays at LOW_PRIORITY."""
     with contextlib.suppress(psutil.Error, PermissionError, ProcessLookupError):
         process = psutil.Process(pid)
         process.nice(nice)

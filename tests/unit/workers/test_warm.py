@@ -1,20 +1,22 @@
-"""WarmPool with real worker processes on the fake backend: fill, take, refill, drop, close."""
+"""WarmPool with real fork servers on the fake backend: start, fork, exit codes, stop, close."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 
 import psutil
-from tests.processes import gone, wait_for, waiting_for_its_spec
+from tests.processes import gone, wait_for
 
 from mmserve.backends.base import BackendSpec
 from mmserve.logs import ModelLog
 from mmserve.workers.main import WARM_FLAG
-from mmserve.workers.protocol import ErrorReply, Ready, Result, decode_reply
+from mmserve.workers.protocol import Ready, Result, decode_reply
 from mmserve.workers.supervisor import WorkerProcess
 from mmserve.workers.warm import LOW_PRIORITY, WarmKey, WarmPool
 
@@ -26,11 +28,14 @@ def spec(threads: int = 1) -> BackendSpec:
 KEY = WarmKey.of(spec())
 
 
-async def filled(pool: WarmPool, key: WarmKey = KEY) -> int:
-    """The pid of `key`'s warm worker, once it waits for its spec."""
-    await wait_for(lambda: [w for w in pool.status() if w["threads"] == key.threads])
-    (pid,) = [w["pid"] for w in pool.status() if w["threads"] == key.threads]
-    await wait_for(lambda: waiting_for_its_spec(pid))
+async def ready(pool: WarmPool, key: WarmKey = KEY) -> int:
+    """The pid of `key`'s fork server, once its imports are done."""
+
+    def found() -> list[int]:
+        return [s["pid"] for s in pool.status() if s["threads"] == key.threads and s["ready"]]
+
+    await wait_for(found)
+    (pid,) = found()
     return pid
 
 
@@ -44,96 +49,159 @@ async def answer(worker: WorkerProcess, text: str) -> str:
     return "".join(r.data.get("text", "") for r in replies[:-1])
 
 
-async def test_a_worker_takes_the_warm_process_and_the_pool_fills_again() -> None:
-    pool = WarmPool(refill_delay=0.1)
-    pool.want([KEY])
-    warm_pid = await filled(pool)
-    process = psutil.Process(warm_pid)
-    assert WARM_FLAG in process.cmdline() and process.nice() == LOW_PRIORITY
-    assert process.ppid() == os.getpid()
-    assert pool.resident_bytes() == pool.status()[0]["rss_bytes"] > 10 * 2**20
-
-    worker = WorkerProcess(spec(), ModelLog("echo"), warm=pool)
+async def started(pool: WarmPool, threads: int = 1) -> WorkerProcess:
+    worker = WorkerProcess(spec(threads), ModelLog("echo"), warm=pool)
     await worker.start(timeout=30)
-    assert worker.pid == warm_pid
-    if os.geteuid() == 0:  # lowering a nice back takes privilege
-        assert process.nice() == 0
-    assert await answer(worker, "hi there") == "You said: hi there"
-    load = worker.load
-    assert load is not None and load.warm and load.process_s == 0 and load.imports_s == 0
-    assert load.saved_s is not None and load.saved_s > 0
-
-    refilled = await filled(pool)  # in the background, once that load was done
-    assert refilled != warm_pid
-
-    await worker.stop()
-    await pool.close()
-    assert gone(warm_pid) and gone(refilled) and pool.status() == []
+    return worker
 
 
-async def test_a_cold_start_reports_its_phases() -> None:
-    worker = WorkerProcess(spec(), ModelLog("echo"))
-    await worker.start(timeout=30)
-    load = worker.load
-    assert load is not None and not load.warm and load.saved_s is None
-    assert load.process_s is not None and load.process_s > 0  # an interpreter starting
-    assert load.imports_s is not None and load.weights_s is not None
-    assert load.total_s >= load.process_s + load.imports_s + load.weights_s
-    assert "saved_s" not in load.to_json() and load.to_json()["warm"] is False
-    await worker.stop()
-
-
-async def test_a_warm_worker_that_dies_is_dropped() -> None:
-    pool = WarmPool(refill_delay=0.1)
-    pool.want([KEY])
-    pid = await filled(pool)
-    os.kill(pid, signal.SIGKILL)
-    await wait_for(lambda: pool.status() == [])
-
-    worker = WorkerProcess(spec(), ModelLog("echo"), warm=pool)
-    await worker.start(timeout=30)  # none to take: a cold one
-    assert worker.pid != pid and worker.load is not None and not worker.load.warm
-    assert await answer(worker, "x") == "You said: x"
-    assert await filled(pool) not in (pid, worker.pid)  # and the key is filled again
-    await worker.stop()
-    await pool.close()
-
-
-async def test_a_mismatching_key_spawns_cold_and_leaves_the_warm_one() -> None:
-    pool = WarmPool(refill_delay=0.1)
-    pool.want([KEY])
-    warm_pid = await filled(pool)
-    worker = WorkerProcess(spec(threads=2), ModelLog("echo"), warm=pool)
-    await worker.start(timeout=30)
-    assert worker.pid != warm_pid and worker.load is not None and not worker.load.warm
-    await asyncio.sleep(0.3)  # past the refill delay: nothing is filled for an unwanted key
-    assert [w["pid"] for w in pool.status()] == [warm_pid]
-    await worker.stop()
-    await pool.close()
-    assert gone(warm_pid)
-
-
-async def test_a_program_of_its_own_never_takes_a_warm_worker() -> None:
+async def test_each_load_is_a_child_forked_by_the_one_fork_server() -> None:
     pool = WarmPool()
     pool.want([KEY])
-    warm_pid = await filled(pool)
+    server_pid = await ready(pool)
+    server = psutil.Process(server_pid)
+    assert WARM_FLAG in server.cmdline() and server.nice() == LOW_PRIORITY
+    assert server.ppid() == os.getpid() and server.num_threads() == 1
+    assert pool.resident_bytes() > 10 * 2**20
+
+    first, second = await started(pool), await started(pool)  # no refill between them
+    for worker in (first, second):
+        assert worker.pid is not None and worker.pid != server_pid
+        child = psutil.Process(worker.pid)
+        assert child.ppid() == server_pid and child.pid == os.getsid(child.pid)  # own session
+        if os.geteuid() == 0:  # lowering a nice back takes privilege
+            assert child.nice() == 0
+        load = worker.load
+        assert load is not None and load.warm and load.imports_s == 0
+        assert load.process_s is not None and load.process_s < 1
+        assert load.saved_s is not None and load.saved_s > 0
+    assert await answer(first, "hi there") == "You said: hi there"
+    assert await answer(second, "again") == "You said: again"
+    (entry,) = pool.status()
+    assert entry["children"] == sorted([first.pid, second.pid])
+
+    await first.stop()
+    assert first.returncode == 0 and gone(first.pid)  # its memory back, the server stays
+    assert pool.status()[0]["children"] == [second.pid]
+    await second.stop()
+    await pool.close()
+    assert gone(server_pid) and pool.status() == []
+
+
+async def test_a_killed_child_reports_its_signal_and_the_next_load_forks_again() -> None:
+    pool = WarmPool()
+    pool.want([KEY])
+    server_pid = await ready(pool)
+    exits: list[int | None] = []
+    worker = WorkerProcess(
+        spec(), ModelLog("echo"), warm=pool, on_exit=lambda w: exits.append(w.returncode)
+    )
+    await worker.start(timeout=30)
+    assert worker.pid is not None
+    os.kill(worker.pid, signal.SIGKILL)
+    await asyncio.wait_for(worker.exited.wait(), 10)
+    assert exits == [-signal.SIGKILL]
+    again = await started(pool)
+    assert again.load is not None and again.load.warm and again.pid != worker.pid
+    assert psutil.Process(again.pid or 0).ppid() == server_pid
+    await again.stop()
+    await pool.close()
+
+
+async def test_a_fork_server_that_dies_is_dropped_and_its_children_end_with_it() -> None:
+    pool = WarmPool()
+    pool.want([KEY])
+    server_pid = await ready(pool)
+    worker = await started(pool)
+    os.kill(server_pid, signal.SIGKILL)
+    await asyncio.wait_for(worker.exited.wait(), 10)  # PR_SET_PDEATHSIG, and the pidfd saw it
+    assert worker.pid is not None and gone(worker.pid)
+    await wait_for(lambda: [s for s in pool.status() if s["pid"] == server_pid] == [])
+
+    cold = await started(pool)  # none to fork from: a cold one
+    assert cold.load is not None and not cold.load.warm
+    assert await answer(cold, "x") == "You said: x"
+    pool.want([KEY])  # the next `want` starts another
+    assert await ready(pool) not in (server_pid, cold.pid)
+    await cold.stop()
+    await pool.close()
+
+
+async def test_an_unwanted_fork_server_stays_while_its_child_runs() -> None:
+    pool = WarmPool()
+    pool.want([KEY])
+    server_pid = await ready(pool)
+    worker = await started(pool)
+    pool.want([])  # its model is loaded now: the key is no longer wanted
+    await asyncio.sleep(0.3)
+    assert [s["pid"] for s in pool.status()] == [server_pid]
+    await worker.stop()
+    pool.want([])
+    await wait_for(lambda: gone(server_pid))
+    assert pool.status() == []
+    await pool.close()
+
+
+async def test_a_mismatching_key_spawns_cold_and_leaves_the_fork_server() -> None:
+    pool = WarmPool()
+    pool.want([KEY])
+    server_pid = await ready(pool)
+    worker = await started(pool, threads=2)
+    assert worker.load is not None and not worker.load.warm
+    assert psutil.Process(worker.pid or 0).ppid() == os.getpid()
+    assert [s["pid"] for s in pool.status()] == [server_pid]
+    await worker.stop()
+    await pool.close()
+    assert gone(server_pid)
+
+
+async def test_drop_idle_ends_childless_fork_servers_but_those_kept() -> None:
+    other = WarmKey.of(spec(threads=2))
+    pool = WarmPool()
+    pool.want([KEY, other])
+    kept, dropped = await ready(pool, KEY), await ready(pool, other)
+    await pool.drop_idle(keep=[KEY])
+    assert gone(dropped) and [s["pid"] for s in pool.status()] == [kept]
+    await pool.close()
+
+
+async def test_a_program_of_its_own_is_never_forked() -> None:
+    pool = WarmPool()
+    pool.want([KEY])
+    server_pid = await ready(pool)
     command = [sys.executable, "-m", "mmserve.workers.main", spec().model_dump_json()]
     worker = WorkerProcess(spec(), ModelLog("echo"), command=command, warm=pool)
     await worker.start(timeout=30)
-    assert worker.pid != warm_pid and [w["pid"] for w in pool.status()] == [warm_pid]
-    load = worker.load
-    assert load is not None and load.total_s > 0
+    assert psutil.Process(worker.pid or 0).ppid() == os.getpid()
+    assert pool.status()[0]["children"] == [] and pool.status()[0]["pid"] == server_pid
     await worker.stop()
     await pool.close()
 
 
-async def test_close_stops_a_fill_under_way() -> None:
+async def test_a_load_whose_caller_leaves_forks_a_child_that_exits() -> None:
     pool = WarmPool()
     pool.want([KEY])
-    await asyncio.sleep(0)  # the fill has begun spawning
+    server_pid = await ready(pool)
+    task = asyncio.create_task(pool.fork(spec()))
+    await asyncio.sleep(0)  # the request is sent
+    task.cancel()
+    await asyncio.sleep(0.5)
+    server = psutil.Process(server_pid)
+    await wait_for(lambda: [c for c in server.children() if c.status() != "zombie"] == [])
+    assert pool.status()[0]["children"] == []
+    worker = await started(pool)  # the fork server goes on
+    assert worker.load is not None and worker.load.warm
+    await worker.stop()
+    await pool.close()
+
+
+async def test_close_stops_a_start_under_way() -> None:
+    pool = WarmPool()
+    pool.want([KEY])
+    await asyncio.sleep(0)  # the start has begun spawning
     await pool.close()
     assert pool.status() == []
-    pool.want([KEY])  # a closed pool fills nothing
+    pool.want([KEY])  # a closed pool starts nothing
     await asyncio.sleep(0.3)
     assert pool.status() == []
     assert not [c for c in psutil.Process().children() if WARM_FLAG in _cmdline(c)]
@@ -146,37 +214,74 @@ def _cmdline(process: psutil.Process) -> list[str]:
         return []
 
 
-# ---- the child's side: `python -m mmserve.workers.main --warm KIND BACKEND` ----------------
+# ---- the fork server's side: `python -m mmserve.workers.main --warm KIND BACKEND` -----------
 
 
-def warm_child(stdin: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+def fork_server(**env: str) -> tuple[subprocess.Popen[bytes], socket.socket]:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    proc = subprocess.Popen(
         [sys.executable, "-m", "mmserve.workers.main", WARM_FLAG, "llm", "fake"],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
+        stdin=theirs.fileno(),
+        stdout=subprocess.PIPE,
+        env={**KEY.env(), **env},
     )
+    theirs.close()
+    return proc, ours
 
 
-def test_a_warm_child_given_no_spec_exits_cleanly_having_written_nothing() -> None:
-    out = warm_child("")
-    assert out.returncode == 0 and out.stdout == ""
+def said(proc: subprocess.Popen[bytes]) -> dict:
+    assert proc.stdout is not None
+    return json.loads(proc.stdout.readline())
 
 
-def test_a_warm_child_given_its_spec_is_a_worker() -> None:
-    out = warm_child(
-        spec().model_dump_json() + "\n" + '{"op": "ping", "id": "p"}\n{"op": "shutdown"}\n'
-    )
-    ready, pong = [decode_reply(line) for line in out.stdout.splitlines()]
-    assert isinstance(ready, Ready) and ready.load is not None
-    assert ready.load.started <= ready.load.imported and ready.info.capabilities
-    assert pong.id == "p" and out.returncode == 0
+def test_a_fork_server_told_nothing_says_it_is_ready_and_exits_cleanly() -> None:
+    proc, sock = fork_server()
+    with proc, sock:
+        hello = said(proc)
+        assert hello["threads"] == 1 and hello["imported"] <= hello["ready"]
+        sock.close()
+        assert proc.wait(timeout=30) == 0
 
 
-def test_a_warm_child_given_another_backend_refuses_it() -> None:
-    other = BackendSpec(name="v", kind="embedding", backend="fake").model_dump_json()
-    out = warm_child(other + "\n")
-    (reply,) = [decode_reply(line) for line in out.stdout.splitlines()]
-    assert isinstance(reply, ErrorReply) and reply.error.kind == "load_failed"
-    assert "embedding/fake" in reply.error.message and out.returncode == 1
+def test_a_fork_server_with_threads_running_refuses_to_fork() -> None:
+    proc, sock = fork_server(OPENBLAS_NUM_THREADS="2")  # numpy's BLAS starts a thread at import
+    with proc, sock:
+        assert said(proc)["threads"] == 2
+        socket.send_fds(sock, [spec().model_dump_json().encode()], [0, 1, 2])
+        assert "2 threads are running: forking is not safe" in said(proc)["refused"]
+        sock.close()
+        assert proc.wait(timeout=30) == 0
+
+
+def test_a_forked_child_speaks_the_protocol_on_its_own_pipes() -> None:
+    proc, sock = fork_server()
+    with proc, sock:
+        said(proc)
+        stdin_r, stdin_w = os.pipe()
+        stdout_r, stdout_w = os.pipe()
+        socket.send_fds(sock, [spec().model_dump_json().encode()], [stdin_r, stdout_w, 2])
+        os.close(stdin_r)
+        os.close(stdout_w)
+        pid = said(proc)["forked"]
+        with os.fdopen(stdin_w, "wb") as stdin, os.fdopen(stdout_r, "rb") as stdout:
+            stdin.write(b'{"op": "ping", "id": "p"}\n{"op": "shutdown"}\n')
+            stdin.flush()
+            ready, pong = [decode_reply(line) for line in stdout.read().splitlines()]
+        assert isinstance(ready, Ready) and ready.load is not None and ready.info.capabilities
+        assert ready.load.imported <= ready.load.started and pong.id == "p"
+        assert said(proc) == {"exited": pid, "code": 0}
+        sock.close()
+        assert proc.wait(timeout=30) == 0
+
+
+def test_a_fork_server_refuses_another_backend_and_goes_on() -> None:
+    proc, sock = fork_server()
+    with proc, sock:
+        said(proc)
+        other = BackendSpec(name="v", kind="embedding", backend="fake")
+        socket.send_fds(sock, [other.model_dump_json().encode()], [0, 1, 2])
+        assert "embedding/fake" in said(proc)["refused"]
+        socket.send_fds(sock, [spec().model_dump_json().encode()], [0, 1])
+        assert "3 descriptors" in said(proc)["refused"]
+        sock.close()
+        assert proc.wait(timeout=30) == 0
