@@ -674,6 +674,11 @@ class Settings(_Strict):
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_format: Literal["text", "json"] = Field("text", description="json: one object per line")
+    access_log: bool = Field(
+        False,
+        description="a log line per HTTP request from uvicorn (off: each model's own log already "
+        "records its requests with route, status, latency and tokens)",
+    )
     log_capacity: int = Field(1000, ge=1, description="records kept in memory per model")
     log_dir: Path | None = Field(
         None, description="also append each model's records to DIR/NAME.log (JSON lines)"

@@ -74,3 +74,24 @@ def test_compat_routes_and_the_log_file(server) -> None:
     assert httpx.get(f"{server.url}/get/getlogs", params={"id": "nope"}).status_code == 404
     lines = (Path(server.root) / "logs" / "echo.log").read_text().splitlines()
     assert any(json.loads(line)["source"] == "request" for line in lines)  # kept after a clear
+
+
+@pytest.mark.parametrize("access_log", [False, True])
+def test_one_line_per_request_on_stderr_and_uvicorns_when_asked(
+    server_factory, tmp_path: Path, access_log: bool
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"access_log: {str(access_log).lower()}\n"
+        "models:\n  - {name: echo, kind: llm, backend: fake}\n"
+    )
+    started = server_factory(config)
+    started.wait_models()
+    assert chat(started, "marker").status_code == 200
+    assert httpx.get(f"{started.url}/v1/models").status_code == 200
+    started.stop()
+    lines = started.log_path.read_text().splitlines()
+    # The model's own line (its log, at INFO) is there either way; uvicorn's only when asked.
+    assert any("mmserve.model.echo" in line and "/chat/completions 200" in line for line in lines)
+    uvicorn_lines = [line for line in lines if '"GET /v1/models HTTP/1.1" 200' in line]
+    assert bool(uvicorn_lines) == access_log

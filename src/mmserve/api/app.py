@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import iter_route_contexts
+from fastapi.telemetry import TelemetryConfig
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.routing import compile_path
@@ -25,11 +26,15 @@ from mmserve.errors import MMServeError, PermissionDenied
 __all__ = ["create_app"]
 
 log = logging.getLogger("mmserve.api")
+# FastAPI's native OpenTelemetry asks the global providers on every request whether one is set
+# and wraps the app in its own layers: measured in-process, a relayed request cost the app about
+# 700 µs of CPU with it, 580 without. mmserve's metrics are Prometheus' (/metrics).
+NO_OTEL: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
 def create_app(settings: Settings) -> FastAPI:
     """The server for `settings`. Models start loading when the app starts (its lifespan)."""
-    app = FastAPI(title="mmserve", version=__version__, lifespan=lifespan)
+    app = FastAPI(title="mmserve", version=__version__, lifespan=lifespan, telemetry=NO_OTEL)
     app.state.settings = settings
     app.state.metrics = metrics = Metrics()
     app.state.manager = ModelManager(settings, telemetry=metrics)

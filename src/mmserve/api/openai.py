@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TypeVar
 
+import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
@@ -63,7 +64,12 @@ async def relay(
     if stream:
         return relayed_stream(await prime(manager.relay_stream(name, capability, path, body)))
     answer = await cancel_on_disconnect(request, manager.relay(name, capability, path, body))
-    return JSONResponse(answer)
+    try:
+        # orjson, not the stdlib encoder of Starlette's JSONResponse: 2 against 8 µs for a short
+        # chat answer (parsed once by the replica, to count its tokens and reshape it).
+        return Response(orjson.dumps(answer), media_type="application/json")
+    except TypeError:  # an integer beyond 64 bits, which only the stdlib writes
+        return JSONResponse(answer)
 
 
 async def prime(items: AsyncIterator[T]) -> AsyncIterator[T]:

@@ -209,8 +209,11 @@ class Model:
         return [c for c in KNOWN_CAPABILITIES if c in offered]
 
     def can(self, capability: Capability) -> bool:
-        """Whether the model serves `capability` (known before it loads, for its kind)."""
-        return capability in self.capabilities
+        """Whether the model serves `capability` (known before it loads, for its kind); asked
+        two or three times per request, so without building `capabilities`."""
+        if capability not in self.entry.capabilities:
+            return False
+        return not self.replicas or capability in self.replicas[0].info.capabilities
 
     def resident_bytes(self) -> int:
         return sum(r.resident_bytes() or 0 for r in self.replicas)
