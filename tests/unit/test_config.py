@@ -198,6 +198,16 @@ def test_http_models(tmp_path: Path) -> None:
             load_settings(write(tmp_path, f"models:\n  - {bad}\n"), env={})
 
 
+def test_embedding_batches_default_to_16_unless_set(tmp_path: Path) -> None:
+    text = (
+        "models:\n  - {name: e, kind: embedding, source: catalog:minilm}\n"
+        "  - {name: f, kind: embedding, source: catalog:minilm, max_batch_size: 4}\n"
+    )
+    default, given = load_settings(write(tmp_path, text), env={}).models
+    assert (default.max_batch_size, default.max_concurrency) == (16, 32)
+    assert (given.max_batch_size, given.max_concurrency) == (4, 8)
+
+
 def test_vision_models(tmp_path: Path) -> None:
     ok = write(tmp_path, "models:\n  - {name: v, kind: vision, backend: rapidocr, threads: 1}\n")
     (spec,) = load_settings(ok, env={}).models
