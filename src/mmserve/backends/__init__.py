@@ -10,14 +10,18 @@ from mmserve.backends.base import Backend, BackendSpec
 from mmserve.errors import ConfigError
 from mmserve.registry import entry, import_object
 
-__all__ = ["Backend", "BackendSpec", "create_backend"]
+__all__ = ["Backend", "BackendSpec", "backend_class", "create_backend"]
+
+
+def backend_class(kind: str, backend: str) -> type[Backend]:
+    """Import the backend class that `mmserve.registry` names (no model yet)."""
+    target = entry(kind, backend).implementation
+    if target is None:
+        raise ConfigError(f"backend {backend!r} runs no code of mmserve's in a worker")
+    found: type[Backend] = import_object(target)
+    return found
 
 
 def create_backend(spec: BackendSpec) -> Backend:
-    """Import the backend class that `mmserve.registry` names for the spec and load the model
-    (blocks)."""
-    target = entry(spec.kind, spec.backend).implementation
-    if target is None:
-        raise ConfigError(f"backend {spec.backend!r} runs no code of mmserve's in a worker")
-    backend: Backend = import_object(target)(spec)
-    return backend
+    """Load the spec's model with its backend's class (blocks)."""
+    return backend_class(spec.kind, spec.backend)(spec)

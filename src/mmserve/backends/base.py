@@ -56,6 +56,16 @@ class Backend:
     reports it as a backend error.
     """
 
+    def __init__(self, spec: BackendSpec) -> None:
+        """Load `spec`'s model (blocks)."""
+        self.spec = spec
+
+    @classmethod
+    def prepare(cls) -> None:
+        """Before any model: what a process's first load costs beyond its weights (imports a
+        library makes lazily, tables it builds once). A fork server runs it once, so that each
+        child it forks starts past it; it must start no thread. The default does nothing."""
+
     def info(self) -> WorkerInfo:
         raise NotImplementedError
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib
 import json
 import os
 import queue
@@ -31,9 +30,8 @@ from typing import IO
 
 from pydantic import BaseModel, ValidationError
 
-from mmserve.backends import Backend, BackendSpec, create_backend
-from mmserve.errors import ConfigError, MMServeError
-from mmserve.registry import entry
+from mmserve.backends import Backend, BackendSpec, backend_class, create_backend
+from mmserve.errors import MMServeError
 from mmserve.types import ChatRequest, CompletionRequest, EmbedRequest, TextDelta, TextEvent
 from mmserve.workers.forkserver import serve_forks
 from mmserve.workers.protocol import (
@@ -224,13 +222,12 @@ class Worker:
             self.writer.error(rid, "backend", "the backend stopped without finishing the answer")
 
 
-def import_backend(kind: str, backend: str) -> float:
-    """Import the module of the backend that `mmserve.registry` names (no model yet); the
-    `time.monotonic()` once it is imported."""
-    target = entry(kind, backend).implementation
-    if target is None:
-        raise ConfigError(f"backend {backend!r} runs no code of mmserve's in a worker")
-    importlib.import_module(target.partition(":")[0])
+def import_backend(kind: str, backend: str, *, prepare: bool = False) -> float:
+    """Import the backend's class (no model yet), and with `prepare` run its one-time set-up
+    (a fork server's, for all the children it forks); the `time.monotonic()` once done."""
+    found = backend_class(kind, backend)
+    if prepare:
+        found.prepare()
     return time.monotonic()
 
 
@@ -242,7 +239,7 @@ def main(argv: list[str]) -> int:
         # A fork server (workers.forkserver): a failed import is its pool's to see (stderr, exit
         # code); the next load then spawns a cold worker, which reports the reason to its model.
         kind, backend = argv[2], argv[3]
-        imported = import_backend(kind, backend)
+        imported = import_backend(kind, backend, prepare=True)
         return serve_forks(kind, backend, out, imported, forked_child)
     writer = ReplyWriter(out)
     try:

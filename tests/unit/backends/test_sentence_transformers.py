@@ -71,3 +71,37 @@ def test_an_id_outside_the_vocabulary_is_the_clients_mistake(
     with pytest.raises(InvalidRequest, match=r"token 100256 is not in the vocabulary") as info:
         minilm.embed(EmbedRequest(inputs=[[9906, 1917], [100256]]))  # OpenAI's cl100k ids
     assert "check_embedding_ctx_length=False" in info.value.message
+
+
+PREPARED = """
+import sys
+from pathlib import Path
+from mmserve.backends.sentence_transformers import SentenceTransformersBackend
+from mmserve.backends.base import BackendSpec
+SentenceTransformersBackend.prepare()
+threads = len(list(Path("/proc/self/task").iterdir()))
+before = set(sys.modules)
+SentenceTransformersBackend(BackendSpec(name="m", kind="embedding",
+    backend="sentence_transformers", source="catalog:minilm", threads=1))
+new = sorted(m for m in set(sys.modules) - before if m.startswith("transformers"))
+print(threads, " ".join(new))
+"""
+
+
+def test_prepare_does_a_first_loads_imports_and_starts_no_thread() -> None:
+    """What a fork server runs before forking (workers.forkserver), in its environment:
+    afterwards a load imports only its architecture's modules, and the process still has one
+    thread to fork."""
+    import subprocess
+    import sys
+
+    from mmserve.workers.warm import WarmKey
+
+    env = WarmKey(backend="sentence_transformers", kind="embedding", device="cpu", threads=1).env()
+    run = subprocess.run([sys.executable, "-c", PREPARED], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    threads, *imported = run.stdout.split()
+    assert threads == "1"
+    # Only model families' own modules (bert's, and align's, which reuses bert's tokenizer).
+    assert any(m.startswith("transformers.models.bert") for m in imported), imported
+    assert all(m.startswith("transformers.models.") for m in imported), imported
