@@ -27,10 +27,13 @@ Gemma 3 270M, 1 thread, 2 cores, before -> after: about 720 -> 500 ms / 1800 -> 
 request, of which the request itself is 170 / 360): no warm-up run and no memory fitting
 (`_quick_start`), the source resolved and the header read once (`_model_file`), /health asked
 as llama-server writes its lines rather than every 100 ms (`_LlamaServer`), and SIGKILL to stop
-it (STOP_SIGNAL). What is left is llama.cpp's own load (Gemma's 262k-token vocabulary: about
-350 ms) and the KV cache of `parallel` slots, which it zeroes (SmolLM2's 4 x 2048 cells: about
-100 ms more than one slot's). The file stays in the page cache between swaps; `--mlock`
-(about 15 ms slower) and `--no-mmap` (60 ms slower) do not pay.
+it (STOP_SIGNAL). What is left is llama.cpp's own work, which no launch flag skips: its load
+(Gemma's 262k-token vocabulary: 350-600 ms, as in llama-cpp-python), the KV cache of
+`parallel` slots, cleared as it is created (SmolLM2's 4 x 2048 cells: 129 ms, one slot's 32),
+and llama-server's probe of the context (`common_context_can_seq_rm`: it clears the cache again
+and decodes two tokens, 31-37 ms). The process start itself is a few ms. The file stays in the
+page cache between swaps; `--mlock` (about 15 ms slower) and `--no-mmap` (60 ms slower) do not
+pay. Figures: docs/benchmarks.md, "What bounds a llama-server swap".
 
 The binary is the one the setup built (scripts/build-llama-cpp), found by
 `registry.find_program`: $MMSERVE_LLAMA_SERVER, else beside the running Python (the venv's
