@@ -95,12 +95,18 @@ def test_request_ids(server) -> None:
 
 
 def test_json_logs_parse_and_carry_the_request_id(server) -> None:
-    httpx.get(f"{server.url}/health", headers={"x-request-id": "find-me-7"})
+    # A model request: its line in the model's log is the one written for every request by
+    # default (uvicorn's access log is off unless `access_log: true`).
+    body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"x-request-id": "find-me-7"}
+    httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=headers)
     server.wait_until(lambda: "find-me-7" in server.log_path.read_text(), timeout=5)
     lines = [line for line in server.log_path.read_text().splitlines() if line.strip()]
     records = [json.loads(line) for line in lines]  # every line is one JSON object
     assert all({"time", "level", "logger", "message", "request_id"} <= set(r) for r in records)
-    assert any(r["request_id"] == "find-me-7" and "/health" in r["message"] for r in records)
+    assert any(
+        r["request_id"] == "find-me-7" and "/chat/completions 200" in r["message"] for r in records
+    )
     assert any("mmserve 0.1.0 on http://" in r["message"] for r in records)  # the banner
 
 
