@@ -129,8 +129,8 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         log_level=settings.log_level,
         log_config=None,  # keep the logging configured above (text or JSON, with request ids)
-        # A second line per request beside the model log's, at ~40-90 µs of the server's CPU
-        # per request (docs/benchmarks.md, "Per-request overhead").
+        # Off by default: a second stderr line per request beside the model log's (each 16-22
+        # µs warm; docs/benchmarks.md, "Per-request overhead").
         access_log=settings.access_log,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
     )

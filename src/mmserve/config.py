@@ -361,7 +361,7 @@ class ModelSpec(_Strict):
         ge=1,
         description=f"embedding and vision: requests run together as one batch, at most "
         f"(default {EMBEDDING_BATCH} for embedding models, {VISION_BATCH} for vision: "
-        "docs/benchmarks.md, 'Batching')",
+        "docs/benchmarks.md, 'Per-request overhead')",
     )
     batch_wait: float = Field(
         0.005,

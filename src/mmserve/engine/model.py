@@ -202,15 +202,11 @@ class Model:
     def capabilities(self) -> list[Capability]:
         """What the model serves: what its kind offers (mmserve.registry), narrowed to what the
         loaded model announced."""
-        offered = self.entry.capabilities
-        if self.replicas:
-            announced = set(self.replicas[0].info.capabilities)
-            offered = frozenset(c for c in offered if c in announced)
-        return [c for c in KNOWN_CAPABILITIES if c in offered]
+        return [c for c in KNOWN_CAPABILITIES if self.can(c)]
 
     def can(self, capability: Capability) -> bool:
-        """Whether the model serves `capability` (known before it loads, for its kind); asked
-        two or three times per request, so without building `capabilities`."""
+        """Whether the model serves `capability` (known before it loads, for its kind): the one
+        rule, asked two or three times per request without building `capabilities`."""
         if capability not in self.entry.capabilities:
             return False
         return not self.replicas or capability in self.replicas[0].info.capabilities
