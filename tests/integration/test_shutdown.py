@@ -35,8 +35,10 @@ def test_sigterm_lets_a_stream_finish_then_stops_the_children(
     server_factory, tmp_path: Path
 ) -> None:
     server = start(server_factory, tmp_path)
+    # Two replicas and one warm worker, once the start-up's other fork servers (for the keys of
+    # models that were loading) have exited: a fresh-clone run counted one still on its way out.
+    server.wait_until(lambda: len(children(server)) == 3, timeout=10)
     kids = children(server)
-    assert len(kids) == 3  # two replicas, one warm worker
     body = {"model": "slow", "prompt": "x", "max_tokens": 100, "stream": True}  # 2 s
     with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=30) as stream:
         lines = (line for line in stream.iter_lines() if line)
@@ -54,8 +56,9 @@ def test_sigterm_lets_a_stream_finish_then_stops_the_children(
 def test_no_orphans_when_the_server_is_killed(server_factory, tmp_path: Path) -> None:
     server = start(server_factory, tmp_path)
     server.post("/loadmodel", {"model": "later"})  # a child of the warm worker (a fork server)
+    # Two replicas, one warm worker and the replica it forked (others from start-up gone).
+    server.wait_until(lambda: len(children(server)) == 4, timeout=10)
     kids = children(server)
-    assert len(kids) == 4  # two replicas, one warm worker and the replica it forked
     (warm,) = server.status()["warm_workers"]
     assert [k.pid for k in kids if k.ppid() == warm["pid"]] == warm["children"]
     server.proc.send_signal(signal.SIGKILL)
