@@ -47,7 +47,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psutil
 
@@ -121,7 +121,9 @@ class ForkedProcess:
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
         self.returncode: int | None = None
         self._exited = asyncio.get_running_loop().create_future()
-        self._pidfd: int | None = os.pidfd_open(pid)
+        self._pidfd: int | None = None
+        with contextlib.suppress(ProcessLookupError):  # gone already: its report will say how
+            self._pidfd = os.pidfd_open(pid)
 
     async def wait(self) -> int:
         return await asyncio.shield(self._exited)
@@ -165,7 +167,8 @@ class ForkServer:
         self.ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()  # threads
         self.children: dict[int, ForkedProcess] = {}
         self.stderr: deque[str] = deque(maxlen=STDERR_TAIL)
-        self._forks: deque[asyncio.Future[int]] = deque()  # sent, not yet answered, in order
+        # Forks asked for, not yet answered, in order: the answer, and the child's pipes.
+        self._forks: deque[tuple[asyncio.Future[ForkedProcess], _ChildPipes]] = deque()
         self._tasks = [
             asyncio.create_task(self._read_lines(), name=f"fork server {proc.pid}"),
             asyncio.create_task(self._read_stderr(), name=f"fork server {proc.pid} stderr"),
@@ -198,29 +201,36 @@ class ForkServer:
         await asyncio.wait([self.ready])  # cancelled if it exits first
         if self.ready.cancelled() or self.ready.result() != 1 or self.stopping:
             return None
+        # Our ends become streams before the fork is asked for, so that the child is in
+        # `children` the moment its pid is read (`_heard`): its exit, reported next, must
+        # find it there, or its wait would never end.
         ours, theirs = _pipes()
-        answer = asyncio.get_running_loop().create_future()
         try:
-            socket.send_fds(self.sock, [spec.model_dump_json().encode()], theirs)
-        except OSError as exc:
-            _close(*ours)
-            _log.warning("could not ask fork server pid %d for a worker: %s", self.pid, exc)
-            return None
+            pipes = await _streams(*ours)  # closes ours if it fails
+            sent = not self.stopping and self._ask(spec, theirs)
         finally:
             _close(*theirs)  # the fork server has its own copies now
-        self._forks.append(answer)
+        if not sent:
+            pipes.close()
+            return None
+        answer: asyncio.Future[ForkedProcess] = asyncio.get_running_loop().create_future()
+        self._forks.append((answer, pipes))
         try:
-            pid = await answer
+            return await answer
         except (RuntimeError, ConnectionResetError):  # refused, or the fork server died
-            _close(*ours)
+            pipes.close()
             return None
         except asyncio.CancelledError:  # our caller left: a child forked all the same finds
-            _close(*ours)  # its stdin closed and exits
+            pipes.close()  # its stdin closed and exits
             raise
-        child = ForkedProcess(pid, self, *await _streams(*ours))
-        self.children[pid] = child
-        _renice(pid, 0)
-        return child
+
+    def _ask(self, spec: BackendSpec, fds: list[int]) -> bool:
+        try:
+            socket.send_fds(self.sock, [spec.model_dump_json().encode()], fds)
+        except OSError as exc:
+            _log.warning("could not ask fork server pid %d for a worker: %s", self.pid, exc)
+            return False
+        return True
 
     def stop(self) -> None:
         """Tell it to stop (it forks nothing more, and exits once its children have)."""
@@ -257,7 +267,7 @@ class ForkServer:
                 _log.warning("fork server pid %d said %r", self.pid, raw[:200])
         await self.proc.wait()
         self.ready.cancel()
-        for answer in self._forks:
+        for answer, _ in self._forks:
             if not answer.done():
                 answer.set_exception(ConnectionResetError("the fork server exited"))
         for child in self.children.values():
@@ -279,18 +289,23 @@ class ForkServer:
             if not self.ready.done():
                 self.ready.set_result(threads)
         elif "forked" in message or "refused" in message:
-            answer = self._forks.popleft()
+            answer, pipes = self._forks.popleft()
             if answer.done():  # its caller left; the child exits on its own (stdin closed)
                 return
             if "forked" in message:
-                answer.set_result(int(message["forked"]))
+                pid = int(message["forked"])
+                self.children[pid] = child = ForkedProcess(
+                    pid, self, pipes.stdin, pipes.stdout, pipes.stderr
+                )
+                _renice(pid, 0)
+                answer.set_result(child)
             else:
                 answer.set_exception(RuntimeError(message["refused"]))
                 _log.warning("fork server pid %d refused a load: %s", self.pid, message["refused"])
         elif "exited" in message:
-            child = self.children.pop(int(message["exited"]), None)
-            if child is not None:
-                child.exited(int(message["code"]))
+            ended = self.children.pop(int(message["exited"]), None)
+            if ended is not None:
+                ended.exited(int(message["code"]))
 
     async def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
@@ -328,10 +343,9 @@ class WarmPool:
         if starting is not None:
             await asyncio.wait([starting])
         server = self._servers.get(key)
-        child = await server.fork(spec) if server is not None else None
-        if child is None and server is not None and server.proc.returncode is not None:
-            self._drop(server)
-        return child
+        return (
+            await server.fork(spec) if server is not None else None
+        )  # a dead one: _watch drops it
 
     async def drop_idle(self, keep: Iterable[WarmKey] = ()) -> None:
         """End the fork servers without children but those of `keys` now (a load needs their
@@ -435,25 +449,48 @@ def _pipes() -> tuple[tuple[int, int, int], list[int]]:
     return (stdin_w, stdout_r, stderr_r), [stdin_r, stdout_w, stderr_w]
 
 
-async def _streams(
-    stdin_w: int, stdout_r: int, stderr_r: int
-) -> tuple[asyncio.StreamWriter, asyncio.StreamReader, asyncio.StreamReader]:
-    """asyncio streams on our ends of a forked child's pipes, as asyncio's subprocesses have."""
+@dataclass
+class _ChildPipes:
+    """Our ends of a forked child's pipes as asyncio streams, as asyncio's subprocesses have."""
+
+    stdin: asyncio.StreamWriter
+    stdout: asyncio.StreamReader
+    stderr: asyncio.StreamReader
+    transports: list[asyncio.BaseTransport]
+
+    def close(self) -> None:
+        for transport in self.transports:
+            transport.close()
+
+
+async def _streams(stdin_w: int, stdout_r: int, stderr_r: int) -> _ChildPipes:
     loop = asyncio.get_running_loop()
-    transport, protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, os.fdopen(stdin_w, "wb", buffering=0)
-    )
-    writer = asyncio.StreamWriter(transport, protocol, None, loop)
-    return writer, await _reader(stdout_r), await _reader(stderr_r)
+    files = [os.fdopen(stdin_w, "wb", buffering=0)]
+    files += [os.fdopen(fd, "rb", buffering=0) for fd in (stdout_r, stderr_r)]
+    transports: list[asyncio.BaseTransport] = []
+    readers: list[asyncio.StreamReader] = []
+    try:
+        pipe, flow = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, files[0])
+        transports.append(pipe)
+        for file in files[1:]:
+            reader, read = await _reader(file)
+            transports.append(read)
+            readers.append(reader)
+    except BaseException:  # a file asyncio did not take (or took and closed) is closed here
+        for transport in transports:
+            transport.close()
+        for file in files:
+            file.close()
+        raise
+    stdin = asyncio.StreamWriter(pipe, flow, None, loop)
+    return _ChildPipes(stdin, readers[0], readers[1], transports)
 
 
-async def _reader(fd: int) -> asyncio.StreamReader:
+async def _reader(file: IO[bytes]) -> tuple[asyncio.StreamReader, asyncio.ReadTransport]:
     reader = asyncio.StreamReader(limit=MAX_LINE)
     protocol = asyncio.StreamReaderProtocol(reader)
-    await asyncio.get_running_loop().connect_read_pipe(
-        lambda: protocol, os.fdopen(fd, "rb", buffering=0)
-    )
-    return reader
+    transport, _ = await asyncio.get_running_loop().connect_read_pipe(lambda: protocol, file)
+    return reader, transport
 
 
 def _close(*fds: int) -> None:

@@ -9,12 +9,14 @@ import signal
 import socket
 import subprocess
 import sys
+from typing import Any
 
 import psutil
 from tests.processes import gone, wait_for
 
 from mmserve.backends.base import BackendSpec
 from mmserve.logs import ModelLog
+from mmserve.workers import warm
 from mmserve.workers.main import WARM_FLAG
 from mmserve.workers.protocol import Ready, Result, decode_reply
 from mmserve.workers.supervisor import WorkerProcess
@@ -178,13 +180,21 @@ async def test_a_program_of_its_own_is_never_forked() -> None:
     await pool.close()
 
 
-async def test_a_load_whose_caller_leaves_forks_a_child_that_exits() -> None:
+async def test_a_load_whose_caller_leaves_forks_a_child_that_exits(monkeypatch: Any) -> None:
     pool = WarmPool()
     pool.want([KEY])
     server_pid = await ready(pool)
+    asked = warm.ForkServer._ask
+
+    def ask_then_leave(server: warm.ForkServer, *args: Any) -> bool:
+        sent = asked(server, *args)
+        task.cancel()  # the caller leaves once the request is sent, before its answer
+        return sent
+
+    monkeypatch.setattr(warm.ForkServer, "_ask", ask_then_leave)
     task = asyncio.create_task(pool.fork(spec()))
-    await asyncio.sleep(0)  # the request is sent
-    task.cancel()
+    await asyncio.wait([task])
+    assert task.cancelled()
     await asyncio.sleep(0.5)
     server = psutil.Process(server_pid)
     await wait_for(lambda: [c for c in server.children() if c.status() != "zombie"] == [])
@@ -192,6 +202,29 @@ async def test_a_load_whose_caller_leaves_forks_a_child_that_exits() -> None:
     worker = await started(pool)  # the fork server goes on
     assert worker.load is not None and worker.load.warm
     await worker.stop()
+    await pool.close()
+
+
+async def test_a_child_that_exits_at_once_is_seen_to_exit(monkeypatch: Any) -> None:
+    """A child's exit, reported by the fork server, can come while its caller still sets up
+    the child's streams (here made slow): the child must be known by then, or the report is
+    dropped and its wait never ends."""
+    made = warm._streams
+
+    async def slow_streams(*fds: int) -> Any:
+        pipes = await made(*fds)
+        await asyncio.sleep(1.0)
+        return pipes
+
+    monkeypatch.setattr(warm, "_streams", slow_streams)
+    pool = WarmPool()
+    pool.want([KEY])
+    await ready(pool)
+    broken = BackendSpec(name="broken", kind="llm", backend="fake", options={"fail_load": "no"})
+    child = await pool.fork(broken)
+    assert child is not None
+    assert await asyncio.wait_for(child.wait(), 10) == 1  # load_failed's exit code
+    assert pool.status()[0]["children"] == []
     await pool.close()
 
 
