@@ -11,6 +11,13 @@ still on their way through HTTP (measured: 125 sentences/s with 32 clients, agai
 the wait). Each request is one item (one image, one list of sentences); `run` maps a list
 of items to a list of results in the same order.
 
+With `ahead` (a worker process, which runs what it is sent one request at a time, in order), a
+next batch that fills up (`max_batch_size`) while one runs is handed to `run` at once: the
+worker then goes from one batch to the next without waiting for the reply's round trip through
+the server. A next batch that is not full still waits its turn, so batches keep their size
+(handing every next batch over at once made them smaller under load: 154.5 against 162.3
+sentences/s with 32 clients, measured).
+
 A batch that fails with a request error (a bad input, a backend error) is retried item by item,
 so that one bad request fails alone and never takes its neighbours with it. A failure of the
 model itself (ModelUnavailable: it crashed or is stopping) fails the whole batch.
@@ -63,11 +70,15 @@ class Batcher(Generic[T, R]):
         max_batch_size: int,
         max_wait: float,
         on_batch: Callable[[int], None] | None = None,
+        ahead: bool = False,
     ) -> None:
         self._run = run
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait
+        self.ahead = ahead
         self._on_batch = on_batch
+        self._running = False  # a batch is in `run`'s hands (the serve loop awaits it)
+        self._next: asyncio.Task[None] | None = None  # a full batch handed over ahead of its turn
         self._pending: deque[tuple[T, asyncio.Future[R], float]] = deque()
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -81,6 +92,8 @@ class Batcher(Generic[T, R]):
         self._arrived.set()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._serve())
+        elif self._may_send_ahead():
+            self._next = asyncio.create_task(self._run_batch(self._take()))
         try:
             return await future
         finally:
@@ -88,20 +101,40 @@ class Batcher(Generic[T, R]):
 
     async def close(self, reason: str) -> None:
         """Stop batching; requests still queued fail with ModelUnavailable(`reason`)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._next):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         while self._pending:
             _, future, _ = self._pending.popleft()
             if not future.done():
                 future.set_exception(ModelUnavailable(reason))
 
     async def _serve(self) -> None:
-        while self._pending:
+        while self._pending or self._next is not None:
+            if self._next is not None:
+                handed, self._next = self._next, None
+                await self._in_run(handed)
+                continue
             batch = await self._next_batch()
             if batch:
-                await self._run_batch(batch)
+                await self._in_run(self._run_batch(batch))
+
+    async def _in_run(self, batch: Awaitable[None]) -> None:
+        self._running = True
+        try:
+            await batch
+        finally:
+            self._running = False
+
+    def _may_send_ahead(self) -> bool:
+        return (
+            self.ahead
+            and self._running
+            and self._next is None
+            and len(self._pending) >= self.max_batch_size
+        )
 
     async def _next_batch(self) -> list[tuple[T, asyncio.Future[R]]]:
         deadline = self._pending[0][2] + self.max_wait
@@ -115,6 +148,11 @@ class Batcher(Generic[T, R]):
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), remaining)
+        return self._take()
+
+    def _take(self) -> list[tuple[T, asyncio.Future[R]]]:
+        """Up to max_batch_size queued items, from the oldest; those whose caller left are
+        dropped."""
         batch: list[tuple[T, asyncio.Future[R]]] = []
         while self._pending and len(batch) < self.max_batch_size:
             item, future, _ = self._pending.popleft()

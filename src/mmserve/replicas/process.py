@@ -87,6 +87,7 @@ class ProcessReplica(Replica):
             max_batch_size=spec.max_batch_size,
             max_wait=spec.batch_wait,
             on_batch=hooks.on_batch,
+            ahead=True,  # the worker runs what it is sent in order, one at a time
         )
         self.worker = WorkerProcess(
             backend_spec(spec, device),

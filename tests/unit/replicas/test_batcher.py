@@ -17,10 +17,17 @@ class Engine:
         self.calls: list[list[int]] = []
         self.seconds = seconds
         self.fail_with: Exception | None = None
+        self.running = 0
+        self.most_at_once = 0  # batches in its hands at the same time, at most
 
     async def run(self, items: list[int]) -> list[int]:
         self.calls.append(items)
-        await asyncio.sleep(self.seconds)
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            await asyncio.sleep(self.seconds)
+        finally:
+            self.running -= 1
         if self.fail_with is not None:
             raise self.fail_with
         if any(i < 0 for i in items):
@@ -129,3 +136,43 @@ async def test_after_a_batch_of_several_a_lone_item_waits_for_company() -> None:
     assert await asyncio.gather(lone, company) == [6, 8]
     assert loop.time() - started > 0.04
     assert engine.calls == [[1, 2], [3, 4]]
+
+
+async def test_ahead_a_full_next_batch_is_handed_over_while_one_runs() -> None:
+    engine = Engine(seconds=0.05)
+    batcher = Batcher(engine.run, max_batch_size=2, max_wait=0, ahead=True)
+    first = asyncio.create_task(batcher.submit(1))
+    await asyncio.sleep(0.01)  # the first batch, of one, is running
+    full = [asyncio.create_task(batcher.submit(i)) for i in (2, 3)]
+    await asyncio.sleep(0.01)
+    assert engine.calls == [[1], [2, 3]] and engine.running == 2  # at once, not after [1]
+    assert await asyncio.gather(first, *full) == [2, 4, 6]
+    assert engine.most_at_once == 2
+
+
+@pytest.mark.parametrize(
+    ("max_batch_size", "ahead"), [(3, True), (2, False)], ids=["not full", "without ahead"]
+)
+async def test_a_next_batch_waits_its_turn(max_batch_size: int, ahead: bool) -> None:
+    engine = Engine(seconds=0.05)
+    batcher = Batcher(engine.run, max_batch_size=max_batch_size, max_wait=0, ahead=ahead)
+    first = asyncio.create_task(batcher.submit(1))
+    await asyncio.sleep(0.01)
+    rest = [asyncio.create_task(batcher.submit(i)) for i in (2, 3)]
+    assert await asyncio.gather(first, *rest) == [2, 4, 6]
+    assert engine.calls == [[1], [2, 3]] and engine.most_at_once == 1
+
+
+async def test_close_fails_a_batch_handed_over_ahead() -> None:
+    engine = Engine(seconds=10)
+    batcher = Batcher(engine.run, max_batch_size=1, max_wait=0, ahead=True)
+    running = asyncio.create_task(batcher.submit(1))
+    await asyncio.sleep(0.01)
+    ahead = asyncio.create_task(batcher.submit(2))
+    behind = asyncio.create_task(batcher.submit(3))  # a third waits: one ahead at most
+    await asyncio.sleep(0.01)
+    assert engine.calls == [[1], [2]]
+    await batcher.close("model 'm' was unloaded")
+    for task in (running, ahead, behind):
+        with pytest.raises(ModelUnavailable):
+            await task
