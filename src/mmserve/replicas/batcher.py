@@ -14,9 +14,9 @@ of items to a list of results in the same order.
 With `ahead` (a worker process, which runs what it is sent one request at a time, in order), a
 next batch that fills up (`max_batch_size`) while one runs is handed to `run` at once: the
 worker then goes from one batch to the next without waiting for the reply's round trip through
-the server. A next batch that is not full still waits its turn, so batches keep their size
-(handing every next batch over at once made them smaller under load: 154.5 against 162.3
-sentences/s with 32 clients, measured).
+the server (measured: busy 98.6% of the time under 32 clients, against 96.6%). A next batch
+that is not full still waits its turn, so batches keep their size (handing every next batch
+over at once made them smaller under load: 154.5 against 162.3 sentences/s with 32 clients).
 
 A batch that fails with a request error (a bad input, a backend error) is retried item by item,
 so that one bad request fails alone and never takes its neighbours with it. A failure of the
