@@ -343,9 +343,9 @@ class WarmPool:
         if starting is not None:
             await asyncio.wait([starting])
         server = self._servers.get(key)
-        return (
-            await server.fork(spec) if server is not None else None
-        )  # a dead one: _watch drops it
+        if server is None:
+            return None
+        return await server.fork(spec)  # None from a dead one, which its watcher drops
 
     async def drop_idle(self, keep: Iterable[WarmKey] = ()) -> None:
         """End the fork servers without children but those of `keys` now (a load needs their
